@@ -1,0 +1,252 @@
+"""`answer()`: the one pipeline behind the CLI, the chat page and the evaluation.
+
+question -> analyse -> embed -> retrieve -> plan (select or refuse) -> render -> verify -> Answer
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bot.compose import CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS, Plan, asks_about_literature, plan_answer, question_slots
+from bot.query import Query, analyse
+from bot.retrieve import Hit, in_scope, prefer_sources, retrieve
+from bot.types import Answer, Dropped, Quote, ReferenceNote, RetrievedPassage, VoteResult
+from bot.verify import QUOTE_SPAN, numbers_in, quote_problem
+from indexer.lexicon import Lexicon, normalize_for_match
+from indexer.settings import Settings, get_settings
+from indexer.store import IndexModelMismatch, IndexMissing, StoredIndex, current_build_dir, load_build
+from indexer.structure import cited_slots
+from indexer.types import EVIDENCE_LABELS, Passage
+
+DISCLAIMER = "本工具仅供医学教育参考，答案只摘录专家共识及其引用文献，不能替代临床判断。"
+MAX_MERGED_QUOTE = 160  # neighbouring sentences join into one quote up to this many characters
+CONFIDENCE_ZH = {"strong": "较确定", "moderate": "中等", "weak": "较弱"}
+
+
+def place_of(p: Passage) -> str:
+    """Where a quote stands, as a reader would look it up."""
+    if p.doc_kind == "consensus":
+        where = f"共识 · {p.section}" + ("" if p.vote else f" · 第{p.paragraph}段")
+    elif p.doc_kind == "reference_card":
+        where = f"文献卡片［{p.ref_slot}］ · {p.section}"
+    elif p.doc_kind == "reference_fulltext":
+        where = f"文献［{p.ref_slot}］全文 · {p.section}" + (f" · 第{p.page}页" if p.page else "")
+    else:
+        where = f"{p.doc_title} · {p.section} · 第{p.paragraph}段"
+    return where
+
+
+class Bot:
+    """Holds the loaded index, model and lexicon; safe to share between threads."""
+
+    def __init__(self, settings: Settings | None = None, auto_build: bool = False):
+        self.settings = settings or get_settings()
+        self.auto_build = auto_build
+        self._lock = threading.Lock()
+        self._index: StoredIndex | None = None
+        self._embedder = None
+        self.lexicon = Lexicon.load(self.settings.lexicon_path)
+        self._scope_concepts: dict[str, set[str]] = {}
+        self._corpus_norm = ""
+
+    # --- loading ---------------------------------------------------------------------------
+    def _ensure_loaded(self) -> StoredIndex:
+        current = current_build_dir(Path(self.settings.index_dir))
+        if self._index is not None and current == self._index.build_dir:
+            return self._index
+        with self._lock:
+            current = current_build_dir(Path(self.settings.index_dir))
+            if self._index is not None and current == self._index.build_dir:
+                return self._index
+            if current is None:
+                if not self.auto_build:
+                    raise IndexMissing(f"还没有索引: {self.settings.index_dir}. 运行 `gistqa index` 建立索引 (no index yet: run `gistqa index`).")
+                from indexer.build import build_index
+
+                build_index(self.settings)
+            index = load_build(Path(self.settings.index_dir))
+            self._check_model(index)
+            self._scope_concepts = {
+                scope: set().union(*[c for p, c in zip(index.passages, index.passage_concepts) if in_scope(p, scope)] or [set()])
+                for scope in ("all", "consensus")
+            }
+            self._corpus_norm = normalize_for_match("\n".join(p.text for p in index.passages))
+            self._index = index
+            return index
+
+    def _check_model(self, index: StoredIndex) -> None:
+        from indexer.e5_model import ensure_default_model, model_fingerprint
+
+        model_dir = ensure_default_model(self.settings)
+        want = index.manifest.get("model", {}).get("fingerprint")
+        have = model_fingerprint(model_dir)
+        if want != have:
+            raise IndexModelMismatch(
+                f"索引是用另一个嵌入模型建立的（索引: {index.manifest.get('model', {}).get('path')}，当前: {model_dir}）。"
+                f"请运行 `gistqa index --rebuild`，或改回建索引时的模型 (the index was built with another model)."
+            )
+
+    def embedder(self):
+        if self._embedder is None:
+            from indexer.embed import get_embedder
+
+            self._embedder = get_embedder(self.settings)
+        return self._embedder
+
+    def warm_up(self) -> None:
+        self._ensure_loaded()
+        self.embedder().encode_queries(["预热"])
+
+    # --- answering -------------------------------------------------------------------------
+    def answer(self, question: str, history: list[str] | None = None, scope: str | None = None) -> Answer:
+        t0 = time.perf_counter()
+        timing: dict[str, float] = {}
+        scope = scope or self.settings.scope
+        index = self._ensure_loaded()
+        timing["load"] = (time.perf_counter() - t0) * 1000
+        t = time.perf_counter()
+        query = analyse(question, history, self.lexicon, self._corpus_norm, self.settings.max_question_chars)
+        timing["analyse"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        qvec = self.embedder().encode_queries([query.retrieval_text])[0]
+        timing["embed_query"] = (time.perf_counter() - t) * 1000
+        hits = retrieve(index, self.lexicon, qvec, query.retrieval_text, dense_k=self.settings.dense_top_k,
+                        lexical_k=self.settings.lexical_top_k, rrf_k=self.settings.rrf_k, scope=scope, timing=timing)
+        literature = asks_about_literature(query, self.lexicon, question_slots(query))
+        hits = prefer_sources(hits, not literature, CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS)
+        t = time.perf_counter()
+        plan = plan_answer(index, query, hits, qvec, self.lexicon, self._scope_concepts[scope],
+                           self.settings.max_quotes, self.settings.sentence_keep_ratio)
+        timing["select"] = (time.perf_counter() - t) * 1000
+        result = render(index, query, plan, hits, self.settings.passages_returned, scope, timing)
+        timing["total"] = (time.perf_counter() - t0) * 1000
+        result.timing_ms = {k: round(v, 2) for k, v in timing.items()}
+        return result
+
+
+def _quote_for(p: Passage, start: int, end: int, text: str, marker: int) -> Quote:
+    return Quote(text=text, doc_id=p.doc_id, passage_id=p.passage_id, section=p.section, paragraph=p.paragraph,
+                 start=start, end=end, kind=EVIDENCE_LABELS[p.evidence_kind], evidence_kind=p.evidence_kind,
+                 page=p.page, marker=marker)
+
+
+def _merge_adjacent(plan: Plan, index: StoredIndex) -> list[tuple[Passage, int, int]]:
+    """Chosen sentences as spans; neighbours in one passage become one quote (read as one)."""
+    spans = sorted(((c.passage, c.sentence.start, c.sentence.end, c.score) for c in plan.sentences),
+                   key=lambda s: (s[0].passage_id, s[1]))
+    merged: list[list] = []
+    for p, s, e, score in spans:
+        if (merged and merged[-1][0].passage_id == p.passage_id and e - merged[-1][1] <= MAX_MERGED_QUOTE
+                and index.documents[p.doc_id].text[merged[-1][2]:s].strip() == ""):
+            merged[-1][2] = e
+            merged[-1][3] = max(merged[-1][3], score)
+        else:
+            merged.append([p, s, e, score])
+    merged.sort(key=lambda m: -m[3])
+    return [(p, s, e) for p, s, e, _ in merged]
+
+
+def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_passages: int, scope: str,
+           timing: dict) -> Answer:
+    t = time.perf_counter()
+    passages = [
+        RetrievedPassage(h.passage.doc_id, h.passage.passage_id, h.passage.section, h.passage.text,
+                         round(h.score, 6), h.rank, h.passage.evidence_kind, round(h.dense, 4), round(h.lexical, 4))
+        for h in hits[:n_passages]
+    ]
+    if plan.refused:
+        text = (f"抱歉，{plan.reason}。本工具只依据CSCO胃肠间质瘤专家委员会关于KIT exon 9突变GIST的专家意见"
+                f"及其引用文献作答，不使用其他来源，因此无法回答这个问题。")
+        timing["format"] = (time.perf_counter() - t) * 1000
+        return Answer(question=query.text, answer=text, refused=True, refusal_reason=plan.reason, passages=passages, scope=scope)
+
+    quotes: list[Quote] = []
+    lines: list[tuple[str, list[Quote], list[str]]] = []  # (markdown line, its quotes, texts its numbers may come from)
+    dropped: list[Dropped] = []
+    for p, s, e in _merge_adjacent(plan, index):
+        q = _quote_for(p, s, e, index.documents[p.doc_id].text[s:e], len(quotes) + 1)
+        quotes.append(q)
+        lines.append((f"- **{q.kind}**：「{q.text}」〔{place_of(p)}〕", [q], [p.text]))
+    vote = None
+    if plan.vote_hit is not None:
+        p = plan.vote_hit.passage
+        item = p.vote
+        head = _quote_for(p, item.start, item.end, item.question, len(quotes) + 1)
+        quotes.append(head)
+        lines.append((f"- **投票结果**：「{head.text}」〔{place_of(p)}〕", [head], [p.text]))
+        for o in item.options:
+            oq = _quote_for(p, o.start, o.end, o.text, len(quotes) + 1)
+            quotes.append(oq)
+            lines.append((f"    - 「{oq.text}」：{o.percent}%", [oq], [p.text]))
+        vote = VoteResult(item.number, item.question, p.passage_id, [{"text": o.text, "percent": o.percent} for o in item.options])
+    references = reference_notes(index, quotes, scope, plan.slots)
+    if references:
+        chips = []
+        for ref in references:
+            card = next(x for x in index.passages if x.passage_id == ref.passage_id)
+            start = index.documents[card.doc_id].text.index(ref.candidates, card.start)
+            quotes.append(_quote_for(card, start, start + len(ref.candidates), ref.candidates, len(quotes) + 1))
+            first_author = re.split(r"[,，(（]", ref.candidates)[0].strip()
+            chips.append(f"〔［{ref.slot}］{first_author} 等 · 置信度{CONFIDENCE_ZH.get(ref.confidence, ref.confidence)}〕")
+        # The full records are in the JSON and the sources panel; the answer names them briefly.
+        lines.append(("- **所引文献**（文献卡片中的候选文献，未经确认）：" + "".join(chips), quotes[-len(references):], []))
+    timing["format"] = (time.perf_counter() - t) * 1000
+
+    # Verify: every quote at its offsets; every number outside quotes and citations in its sources.
+    t = time.perf_counter()
+    kept_lines = []
+    for line, line_quotes, sources in lines:
+        ok = True
+        for q in line_quotes:
+            problem = quote_problem(index, q.doc_id, q.passage_id, q.start, q.end, q.text)
+            q.verified = problem is None
+            if problem:
+                dropped.append(Dropped("quote", q.text, problem))
+                ok = False
+        prose = QUOTE_SPAN.sub("", re.sub(r"〔[^〔〕]*〕", "", line))
+        source_numbers = {n for s in sources for n in numbers_in(s)}
+        bad = [n for n in numbers_in(prose) if n not in source_numbers]
+        if bad:
+            dropped.append(Dropped("number", line, f"numbers not in the cited source: {', '.join(bad)}"))
+            ok = False
+        if ok:
+            kept_lines.append(line)
+    verified_quotes = [q for q in quotes if q.verified]
+    timing["verify"] = (time.perf_counter() - t) * 1000
+    if not kept_lines:
+        return Answer(question=query.text, answer="抱歉，没有能通过原文核对的内容可以引用，因此不作回答。", refused=True,
+                      refusal_reason="no verified quote", passages=passages, dropped=dropped, scope=scope)
+    intro = "根据共识原文（逐字引用）：" if scope == "consensus" else "根据共识原文及文献卡片（逐字引用）："
+    text = intro + "\n\n" + "\n".join(kept_lines)
+    return Answer(question=query.text, answer=text, refused=False, quotes=verified_quotes, passages=passages,
+                  vote=vote, references=references, dropped=dropped, scope=scope)
+
+
+
+def reference_notes(index: StoredIndex, quotes: list[Quote], scope: str, asked_slots: tuple[int, ...]) -> list[ReferenceNote]:
+    """For each ［n］ in the quoted consensus text (or asked about), the candidate record of card n."""
+    if scope != "all":
+        return []
+    slots: list[int] = []
+    for q in quotes:
+        if q.doc_id == "consensus" or asked_slots:
+            for n in cited_slots(q.text) + tuple(asked_slots):
+                if n not in slots:
+                    slots.append(n)
+    notes = []
+    for n in slots[:4]:
+        card = next((p for p in index.passages if p.doc_kind == "reference_card" and p.ref_slot == n
+                     and p.section_path[-1].startswith("候选文献")), None)
+        if card is None:
+            continue
+        # The first candidate record, whole: the card's list item without its marker.
+        record = re.sub(r"^\s*[-*+]\s+", "", card.text.split("\n")[0]).strip()
+        if not record:
+            continue
+        doc = index.documents[card.doc_id]
+        notes.append(ReferenceNote(n, str(doc.meta.get("confidence", "")), card.doc_id, card.passage_id, record))
+    return notes

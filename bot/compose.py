@@ -1,0 +1,248 @@
+"""The extractive writer: choose the sentences that answer, or decide that nothing does.
+
+No LLM: the answer is made only of verbatim sentences of the retrieved passages, each quoted
+「...」 with its citation and the kind of evidence, plus the vote table's figures as data.
+
+Coverage is judged from the question's concepts and the attribute it asks (dose, duration,
+percentage...) against what the passages actually state, never from a similarity threshold:
+- a concept the corpus never mentions (another drug, gene, tumour) -> not covered;
+- a value the question asks for (a dose, a duration) that no retrieved sentence states, for the
+  drug asked about -> not covered;
+- a question with no subject matter in common with the corpus -> not covered.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bot.query import VALUE_ATTRIBUTES, Query
+from bot.retrieve import Hit
+from indexer.lexicon import Lexicon, normalize_for_match
+from indexer.store import StoredIndex
+from indexer.structure import cited_slots
+from indexer.types import Passage, Sentence
+
+ATTRIBUTE_NAMES = {
+    "dose": "剂量", "duration": "疗程（持续时间）", "timing": "时机", "percentage": "比例",
+    "vote": "投票结果", "side_effects": "不良反应", "survival_figure": "生存数据",
+    "identifier": "文献编号（DOI/PMID/页码）",
+}
+_SLOT_QUESTION = re.compile(r"(?:参考文献|文献|引用|ref(?:erence)?\.?|citation)\s*[［\[]?\s*(\d{1,2})(?!\d)|[［\[]\s*(\d{1,2})\s*[］\]]", re.I)
+# Score weights of a sentence (see score_sentences); named, not buried.
+W_PASSAGE, W_DENSE, W_TERMS, W_CONCEPTS, W_ATTRIBUTE, W_KIND = 0.30, 0.30, 0.25, 0.20, 0.30, 0.20
+# A reference card summarises a paper in our own words: for a question about the consensus it yields
+# to the consensus text, and it leads only when the question is about the literature.
+CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS = 0.6
+# Card sections that are bookkeeping (the caveat) or restate the consensus: kept for retrieval,
+# never quoted as evidence (the consensus sentence itself is quoted instead).
+CARD_SECTIONS_NOT_QUOTED = ("说明", "共识引用时的表述")
+# Sentences of our own cards that speak about the card itself, not about the paper.
+CARD_SELF_REFERENCE = re.compile(r"本项目|本卡片")
+_LITERATURE_WORDS = re.compile(r"(文献|研究|引用|参考|试验|作者|期刊|论文|reference|study|studies|trial|paper|author|journal|cited|cite)", re.I)
+DENSE_WINDOW = 0.08  # cosines within this distance of the best count as close (e5 cosines are compressed)
+TOP_PASSAGES = 6
+VOTE_MATCH = 0.6  # vote-item match (see _vote_score) at which an unasked vote joins the answer  # sentences are drawn from the best fused passages
+
+
+@dataclass
+class Candidate:
+    row: int  # sentence row in the index
+    sentence: Sentence
+    passage: Passage
+    hit: Hit
+    score: float = 0.0
+    states: set[str] = field(default_factory=set)  # value attributes this sentence states
+
+
+@dataclass
+class Plan:
+    """What the writer decided: sentences to quote, a vote item, or a refusal with its reason."""
+
+    sentences: list[Candidate]
+    vote_hit: Hit | None
+    refused: bool
+    reason: str = ""
+    slots: tuple[int, ...] = ()
+
+
+def question_slots(query: Query) -> tuple[int, ...]:
+    slots = set()
+    for m in _SLOT_QUESTION.finditer(query.text):
+        n = int(m.group(1) or m.group(2))
+        if 1 <= n <= 99:
+            slots.add(n)
+    return tuple(sorted(slots))
+
+
+def _drug_bound(text: str, value_start: int, lexicon: Lexicon) -> str | None:
+    """The drug a value belongs to: the nearest drug named before it in the sentence."""
+    drugs = [m for m in lexicon.concept_matches(text) if lexicon.concepts[m.id].type == "drug" and m.end <= value_start]
+    return drugs[-1].id if drugs else None
+
+
+def states_attribute(text: str, passage_concepts: frozenset[str], attribute: str, query: Query, lexicon: Lexicon) -> bool:
+    """Does this sentence state the value asked for, for the drug asked about?"""
+    pattern = lexicon.attributes[attribute].stated_by
+    if pattern is None:
+        return True
+    focal_drugs = {c for c in query.all_concepts if lexicon.concepts[c].type == "drug"}
+    for m in pattern.finditer(text):
+        if not focal_drugs:
+            return True
+        bound = _drug_bound(text, m.start(), lexicon)
+        if bound in focal_drugs or (bound is None and focal_drugs & passage_concepts):
+            return True
+    return False
+
+
+def asks_about_literature(query: Query, lexicon: Lexicon, slots: tuple[int, ...]) -> bool:
+    return bool(slots) or bool(_LITERATURE_WORDS.search(query.text)) or any(
+        lexicon.concepts[c].type == "trial" for c in query.concepts)
+
+
+def quotable(passage: Passage) -> bool:
+    return passage.vote is None and not (passage.doc_kind == "reference_card" and passage.section_path[-1] in CARD_SECTIONS_NOT_QUOTED)
+
+
+def _kind_preference(passage: Passage, query: Query) -> float:
+    if "finding" in query.attributes:
+        return 1.0 if passage.section_path[-1].startswith("主要发现") or passage.evidence_kind == "evidence" else 0.0
+    if "recommendation" in query.attributes:
+        return {"panel": 1.0, "guideline": 0.6}.get(passage.evidence_kind, 0.0)
+    if "mechanism" in query.attributes:
+        return {"evidence": 1.0}.get(passage.evidence_kind, 0.0)
+    return 0.0
+
+
+def score_sentences(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndarray, lexicon: Lexicon,
+                    slots: tuple[int, ...]) -> list[Candidate]:
+    top = [h for h in hits if quotable(h.passage)][:TOP_PASSAGES]
+    if slots:  # a question about reference n: its card and the consensus sentences citing it
+        top = [h for h in hits if quotable(h.passage) and (
+            h.passage.ref_slot in slots if h.passage.doc_kind != "consensus" else set(h.passage.cites) & set(slots))]
+    if not top:
+        return []
+    best_fused = max(h.score for h in top)
+    rows = [r for h in top for r in index.passage_sentences[h.row]]
+    if not rows:
+        return []
+    dense = index.sentence_vectors[rows] @ qvec
+    dmax = float(dense.max())
+    terms = set(query.content_terms)
+    concepts = query.all_concepts
+    hit_of = {h.row: h for h in top}
+    value_attrs = (query.attributes & VALUE_ATTRIBUTES) - {"vote"}
+    literature = asks_about_literature(query, lexicon, slots)
+    out = []
+    for r, d in zip(rows, dense):
+        s = index.sentences[r]
+        if index.passages[int(index.sentence_passage[r])].doc_kind == "reference_card" and CARD_SELF_REFERENCE.search(s.text):
+            continue
+        prow = int(index.sentence_passage[r])
+        h = hit_of[prow]
+        # The section path counts: "what to do on recurrence" is answered by the section titled so.
+        snorm = normalize_for_match(s.text + " " + " ".join(h.passage.section_path))
+        term_share = sum(1 for t in terms if t in snorm) / len(terms) if terms else 0.0
+        s_concepts = lexicon.concepts_in(s.text)
+        concept_share = len(concepts & s_concepts) / len(concepts) if concepts else 0.0
+        states = {a for a in value_attrs if states_attribute(s.text, index.passage_concepts[prow], a, query, lexicon)}
+        if slots and set(cited_slots(s.text)) & set(slots):
+            concept_share = 1.0  # the sentence that cites the reference asked about
+        score = (W_PASSAGE * h.score / best_fused
+                 + W_DENSE * max(0.0, 1.0 - (dmax - float(d)) / DENSE_WINDOW)
+                 + W_TERMS * term_share + W_CONCEPTS * concept_share
+                 + W_ATTRIBUTE * (len(states) / len(value_attrs) if value_attrs else 0.0)
+                 + W_KIND * _kind_preference(h.passage, query))
+        if h.passage.doc_kind != "consensus" and not literature:
+            score *= CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS
+        out.append(Candidate(r, s, h.passage, h, score, states))
+    out.sort(key=lambda c: -c.score)
+    return out
+
+
+def _vote_score(hit: Hit, query: Query, lexicon: Lexicon, best_fused: float) -> float:
+    vote = hit.passage.vote
+    text = normalize_for_match(vote.question + " " + " ".join(o.text for o in vote.options))
+    terms = set(query.content_terms)
+    share = sum(1 for t in terms if t in text) / len(terms) if terms else 0.0
+    concepts = query.all_concepts
+    c_share = len(concepts & lexicon.concepts_in(text)) / len(concepts) if concepts else 0.0
+    # Options that state the value asked (a dose for a dose question) mark the item that answers it.
+    wanted = [lexicon.attributes[a].stated_by for a in query.attributes & VALUE_ATTRIBUTES - {"vote", "percentage"}
+              if lexicon.attributes[a].stated_by is not None]
+    states = any(p.search(o.text) for p in wanted for o in vote.options) if wanted else False
+    return 0.4 * hit.score / best_fused + 0.4 * share + 0.2 * c_share + (0.3 if states else 0.0)
+
+
+def choose_vote(hits: list[Hit], query: Query, lexicon: Lexicon) -> Hit | None:
+    votes = [h for h in hits if h.passage.vote is not None]
+    if not votes:
+        return None
+    best_fused = max(h.score for h in hits)
+    scored = sorted(votes, key=lambda h: -_vote_score(h, query, lexicon, best_fused))
+    best = scored[0]
+    asked = bool({"vote", "percentage"} & query.attributes)
+    # Unasked, a vote item joins the answer only when it is among the very best passages or its
+    # wording matches the question closely.
+    if asked or best.rank <= 3 or _vote_score(best, query, lexicon, best_fused) >= VOTE_MATCH:
+        return best
+    return None
+
+
+def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndarray, lexicon: Lexicon,
+                scope_concepts: set[str], max_quotes: int, keep_ratio: float) -> Plan:
+    # 1. Entities the corpus never mentions.
+    absent = [lexicon.canonical(c) for c in sorted(query.focal) if c not in scope_concepts]
+    unknown = absent + query.unknown_entities
+    if unknown:
+        named = "、".join(f"「{w}」" for w in unknown if not re.search(r"\d", w))
+        what = f"问题中的{named}" if named else "问题中提到的药物、基因或突变类型"
+        return Plan([], None, True, f"本知识库没有涉及{what}的内容")
+    slots = question_slots(query)
+    candidates = score_sentences(index, query, hits, qvec, lexicon, slots)
+    vote_hit = None if slots else choose_vote(hits, query, lexicon)
+
+    # 2. No subject matter in common with the corpus.
+    has_subject = bool(query.all_concepts) or bool(slots)
+    best_terms = max((sum(1 for t in set(query.content_terms) if t in normalize_for_match(c.sentence.text))
+                      for c in candidates[:10]), default=0)
+    if not has_subject and best_terms < 2:
+        return Plan([], None, True, "问题与本知识库的主题（KIT exon 9突变胃肠间质瘤的伊马替尼治疗专家共识）无关")
+    if not candidates and vote_hit is None:
+        return Plan([], None, True, "没有检索到相关段落")
+
+    # 3. Values asked for must be stated (vote figures come from the table).
+    value_attrs = (query.attributes & VALUE_ATTRIBUTES) - {"vote"}
+    if "vote" in query.attributes and vote_hit is None:
+        return Plan([], None, True, "本知识库没有与此相关的投票结果")
+    chosen: list[Candidate] = []
+    for attr in sorted(value_attrs):
+        if attr == "percentage" and vote_hit is not None:
+            continue
+        stating = [c for c in candidates if attr in c.states and _covers_focal(c, query, index)]
+        if not stating:
+            return Plan([], None, True, f"本知识库没有给出这个问题所问的{ATTRIBUTE_NAMES[attr]}")
+        if stating[0] not in chosen:
+            chosen.append(stating[0])
+
+    # 4. The best sentences, close in score to the best one.
+    if candidates:
+        best = candidates[0].score
+        for c in candidates:
+            if len(chosen) >= max_quotes:
+                break
+            if c in chosen or c.score < keep_ratio * best:
+                continue
+            chosen.append(c)
+    if vote_hit is not None and "vote" in query.attributes:
+        chosen = chosen[: max(0, max_quotes - 2)]  # the vote is the answer; keep text as context
+    chosen.sort(key=lambda c: -c.score)
+    return Plan(chosen, vote_hit, False, slots=slots)
+
+
+def _covers_focal(c: Candidate, query: Query, index: StoredIndex) -> bool:
+    """A value answers only if its passage speaks of every focal concept of the question."""
+    passage_concepts = index.passage_concepts[c.hit.row]
+    return query.focal <= passage_concepts

@@ -1,0 +1,132 @@
+"""Understand a question: clean it, find its concepts and what it asks for, resolve follow-ups.
+
+The analysis is what coverage is judged on (baseline-findings §5): a similarity threshold cannot tell
+"the dose of sunitinib" (not in the corpus) from "the dose of imatinib" (in it), but the concepts
+and the attribute asked can.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from indexer.clean import remove_control_chars
+from indexer.lexicon import Lexicon, normalize_for_match
+
+# Concept types that decide whether a question is covered (the others are context words).
+FOCAL_TYPES = {"drug", "gene", "mutation", "disease", "therapy", "population", "other", "trial", "setting", "site"}
+# Attributes whose value must be stated in the source for an answer to exist.
+VALUE_ATTRIBUTES = {"dose", "duration", "timing", "percentage", "vote", "side_effects", "survival_figure", "identifier"}
+
+_FOLLOWUP_START = re.compile(r"^(那|那么|那如果|如果|还有|然后|另外|再问|and\b|what about|how about|then\b|so\b)", re.I)
+_FOLLOWUP_MARK = re.compile(r"(呢[？?]?$|这种情况|这类|该类|上述|它们?|这个|那个|以后|之后|\bit\b|\bthat\b|\bthose\b|\bthem\b)", re.I)
+# Entity-looking words that the lexicon may not know: drug stems, gene symbols, mutation codes.
+_LATIN_ENTITY = re.compile(r"(?<![A-Za-z0-9])([A-Z][A-Z0-9]{2,}[A-Z0-9]*|[A-Z]\d{2,4}[A-Z]|[a-z]+(?:tinib|fenib|ciclib|mab|platin|taxel|rafenib))(?![A-Za-z0-9])")
+_HAN_ENTITY = re.compile(r"[\u4e00-\u9fff]{1,4}(?:替尼|非尼|单抗|铂|紫杉醇|他滨|霉素|白血病|淋巴瘤|肉瘤|癌)")
+# Words a question is built from that carry no subject matter (kept out of overlap measures).
+_QUESTION_WORDS = re.compile(
+    r"(请问|请|问一下|一下|什么|多少|哪些|哪个|哪种|怎么|如何|为什么|为何|是否|是不是|能否|可以|应该|需要|吗|呢|吧|啊|的|了|是|有|在|和|与|及|对|"
+    r"what|which|who|how|why|does|do|is|are|the|a|an|of|for|in|on|to|should|be|with|and|or|about)", re.I)
+
+
+class QuestionError(ValueError):
+    """A question that cannot be answered as given; the message tells the user what to change."""
+
+
+@dataclass
+class Query:
+    raw: str
+    text: str  # cleaned question
+    norm: str  # normalized for matching
+    history: list[str]
+    concepts: set[str]  # concepts named in the question itself
+    context_concepts: set[str]  # concepts carried over from earlier turns (follow-ups only)
+    attributes: set[str]
+    focal: set[str]  # concepts that must be covered
+    unknown_entities: list[str]
+    is_followup: bool
+    retrieval_text: str  # what is embedded and searched
+    content_terms: list[str] = field(default_factory=list)
+
+    @property
+    def all_concepts(self) -> set[str]:
+        return self.concepts | self.context_concepts
+
+
+def clean_question(raw: str, max_chars: int) -> str:
+    if not isinstance(raw, str):
+        raise QuestionError("问题必须是文本 (the question must be text)")
+    # Lone surrogates (from broken clients) cannot be encoded; replace them rather than crash.
+    text = raw.encode("utf-8", "replace").decode("utf-8")
+    text = remove_control_chars(text).replace("\u0000", "")
+    text = unicodedata.normalize("NFC", text)
+    text = re.sub(r"\s+", " ", text).strip()
+    if not text:
+        raise QuestionError("请输入问题（问题为空） (the question is empty)")
+    if len(text) > max_chars:
+        raise QuestionError(
+            f"问题太长：{len(text)} 个字符，上限为 {max_chars}。请只保留要问的内容 "
+            f"(the question has {len(text)} characters; the limit is {max_chars})"
+        )
+    return text
+
+
+def is_followup(text: str, history: list[str], focal: set[str]) -> bool:
+    if not history:
+        return False
+    short = len(re.sub(r"\s", "", text)) <= 14
+    return bool(_FOLLOWUP_START.search(text) or _FOLLOWUP_MARK.search(text) or (short and not focal) or not focal)
+
+
+def content_terms(norm: str) -> list[str]:
+    """Subject-matter character bigrams and Latin words of a question (for overlap measures)."""
+    stripped = _QUESTION_WORDS.sub(" ", norm)
+    terms: list[str] = []
+    for run in re.findall(r"[\u4e00-\u9fff]+", stripped):
+        terms.extend(run[i : i + 2] for i in range(len(run) - 1)) if len(run) > 1 else terms.append(run)
+    terms.extend(re.findall(r"[a-z][a-z0-9\-]+|\d+", stripped))
+    return terms
+
+
+def unknown_entities(text: str, lexicon: Lexicon, corpus_norm: str) -> list[str]:
+    """Entity-looking words that the corpus never mentions (e.g. a drug or gene it does not cover)."""
+    known_spans = [(m.start, m.end) for m in lexicon.concept_matches(text)]
+    out = []
+    for pattern in (_LATIN_ENTITY, _HAN_ENTITY):
+        for m in pattern.finditer(text):
+            if any(s <= m.start() < e for s, e in known_spans):
+                continue
+            word = m.group(0)
+            if normalize_for_match(word) not in corpus_norm:
+                out.append(word)
+    return out
+
+
+def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: str, max_chars: int) -> Query:
+    text = clean_question(raw, max_chars)
+    history = [h for h in (clean_question(h, max_chars) for h in (history or []) if h and h.strip())]
+    concepts = lexicon.concepts_in(text)
+    attributes = lexicon.attributes_in(text)
+    focal = {c for c in concepts if lexicon.concepts[c].type in FOCAL_TYPES and not lexicon.concepts[c].topic}
+    followup = is_followup(text, history, focal)
+    context: set[str] = set()
+    retrieval = text
+    if followup:
+        last = history[-1]
+        context = lexicon.concepts_in(last) - concepts
+        if not attributes:
+            attributes = lexicon.attributes_in(last)
+        retrieval = f"{text} {last}"
+    # Canonical (corpus-language) names of the concepts, so English or synonym wording finds the
+    # Chinese passages in both the dense and the lexical search.
+    expansions = [lexicon.canonical(c) for c in sorted(concepts | context) if lexicon.canonical(c) not in retrieval]
+    expansions += [lexicon.attributes[a].expand for a in sorted(attributes) if lexicon.attributes[a].expand]
+    if expansions:
+        retrieval = retrieval + " " + " ".join(expansions)
+    norm = normalize_for_match(text)
+    return Query(
+        raw=raw, text=text, norm=norm, history=history, concepts=concepts, context_concepts=context,
+        attributes=attributes, focal=focal | {c for c in context if lexicon.concepts[c].type in FOCAL_TYPES and not lexicon.concepts[c].topic},
+        unknown_entities=unknown_entities(text, lexicon, corpus_norm), is_followup=followup,
+        retrieval_text=retrieval, content_terms=content_terms(norm),
+    )

@@ -1,0 +1,136 @@
+"""The medical lexicon: concepts with their surface forms, and the attributes a question can ask.
+
+Matching is longest-first with masking, so "胃" inside "胃肠间质瘤" or "辅助" inside "新辅助" never
+count on their own. Latin terms match on word boundaries, case-insensitively, except short
+abbreviations (IM, SCF, D5...), which must be written as such.
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+_T2S = None
+
+
+def to_simplified(text: str) -> str:
+    """Traditional -> simplified Chinese (trainees paste from Taiwanese/HK sources)."""
+    global _T2S
+    if _T2S is None:
+        from opencc import OpenCC  # opencc-python-reimplemented: pure Python, no data download
+
+        _T2S = OpenCC("t2s")
+    return _T2S.convert(text)
+
+
+def normalize_for_match(text: str) -> str:
+    """NFKC folds full-width digits/letters and "～"; simplified characters; lower case."""
+    return to_simplified(unicodedata.normalize("NFKC", text)).lower()
+
+
+@dataclass(frozen=True)
+class Concept:
+    id: str
+    type: str
+    terms: tuple[str, ...]
+    topic: bool = False
+
+
+@dataclass(frozen=True)
+class Attribute:
+    id: str
+    triggers: tuple[str, ...]
+    stated_by: re.Pattern | None
+    expand: str = ""
+
+
+@dataclass(frozen=True)
+class Match:
+    id: str
+    start: int
+    end: int
+    term: str
+
+
+def _is_latin(term: str) -> bool:
+    return bool(re.search(r"[A-Za-z0-9]", term)) and not re.search(r"[\u4e00-\u9fff]", term)
+
+
+def _term_pattern(term: str) -> re.Pattern:
+    body = re.escape(term).replace(r"\ ", r"\s*")
+    case_sensitive = _is_latin(term) and len(term) <= 3 and term.isupper()
+    if _is_latin(term):
+        body = rf"(?<![A-Za-z0-9]){body}(?![A-Za-z])"
+    return re.compile(body, 0 if case_sensitive else re.IGNORECASE)
+
+
+class Matcher:
+    """Finds non-overlapping term occurrences, longest term first."""
+
+    def __init__(self, entries: dict[str, tuple[str, ...]]):
+        pairs = [(term, key) for key, terms in entries.items() for term in terms]
+        pairs.sort(key=lambda p: -len(p[0]))
+        self._patterns = [(_term_pattern(t), t, k) for t, k in pairs]
+
+    def find(self, text: str) -> list[Match]:
+        taken = bytearray(len(text))
+        found: list[Match] = []
+        for pattern, term, key in self._patterns:
+            for m in pattern.finditer(text):
+                if any(taken[m.start() : m.end()]):
+                    continue
+                taken[m.start() : m.end()] = b"\x01" * (m.end() - m.start())
+                found.append(Match(key, m.start(), m.end(), term))
+        found.sort(key=lambda m: m.start)
+        return found
+
+
+class Lexicon:
+    def __init__(self, concepts: list[Concept], attributes: list[Attribute]):
+        self.concepts = {c.id: c for c in concepts}
+        self.attributes = {a.id: a for a in attributes}
+        self._concepts = Matcher({c.id: c.terms for c in concepts})
+        self._attributes = Matcher({a.id: a.triggers for a in attributes})
+
+    @classmethod
+    def load(cls, path: Path) -> "Lexicon":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        concepts = [
+            Concept(c["id"], c["type"], tuple(c["terms"]), bool(c.get("topic", False))) for c in data["concepts"]
+        ]
+        attributes = [
+            Attribute(a["id"], tuple(a["triggers"]), re.compile(a["stated_by"], re.IGNORECASE) if a.get("stated_by") else None,
+                      a.get("expand", ""))
+            for a in data["attributes"]
+        ]
+        return cls(concepts, attributes)
+
+    def concept_matches(self, text: str) -> list[Match]:
+        # Ids starting with "_" only mask question phrases; they are not concepts.
+        return [m for m in self._concepts.find(text) if not m.id.startswith("_")]
+
+    def concepts_in(self, text: str) -> frozenset[str]:
+        return self._concepts_cached(text)
+
+    @lru_cache(maxsize=200_000)
+    def _concepts_cached(self, text: str) -> frozenset[str]:
+        # Passage and sentence texts recur across questions; matching ~400 patterns is the cost.
+        return frozenset(m.id for m in self._concepts.find(text) if not m.id.startswith("_"))
+
+    def attributes_in(self, text: str) -> set[str]:
+        return {m.id for m in self._attributes.find(text)}
+
+    def canonical(self, concept_id: str) -> str:
+        """The first surface form: the corpus's own wording (Chinese where the corpus is Chinese)."""
+        return self.concepts[concept_id].terms[0]
+
+    def expansion_terms(self, concept_id: str) -> tuple[str, ...]:
+        return self.concepts[concept_id].terms
+
+
+@lru_cache(maxsize=4)
+def load_lexicon(path: str) -> Lexicon:
+    return Lexicon.load(Path(path))

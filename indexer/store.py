@@ -1,0 +1,281 @@
+"""The index on disk: plain files a person can inspect, no pickle.
+
+    <index_dir>/CURRENT                  name of the build in use (replaced atomically)
+    <index_dir>/builds/<name>/manifest.json      model fingerprint, corpus hashes, versions, checksums
+                              documents.jsonl    document texts (quotes are verified against these)
+                              passages.jsonl     passages with section path, offsets, citations, concepts
+                              sentences.jsonl    sentences with offsets
+                              passage_vectors.npy, sentence_vectors.npy   float32, L2-normalised
+                              dense.faiss        FAISS index over passage vectors (FAISS's own format)
+                              lexical/           bm25s index (JSON + numpy arrays)
+
+A build is written to a fresh folder and only then named in CURRENT, so a crash at any point
+leaves the previous index in use.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from indexer.types import Document, Passage, Sentence, VoteItem, VoteOption
+
+FORMAT_VERSION = 1
+REBUILD_HINT = "运行 `gistqa index --rebuild` 重建索引 (run `gistqa index --rebuild`)"
+
+
+class IndexError_(RuntimeError):
+    """Base of the index problems a user can act on; the message says what to do."""
+
+
+class IndexMissing(IndexError_):
+    pass
+
+
+class IndexCorrupt(IndexError_):
+    pass
+
+
+class IndexModelMismatch(IndexError_):
+    pass
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def text_key(text: str) -> str:
+    """Key of an embedding cache entry: the exact text embedded."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def passage_from_dict(d: dict) -> Passage:
+    vote = d.get("vote")
+    if vote:
+        vote = VoteItem(
+            vote["number"], vote["question"], vote["start"], vote["end"],
+            tuple(VoteOption(**o) for o in vote["options"]),
+        )
+    return Passage(
+        passage_id=d["passage_id"], doc_id=d["doc_id"], doc_kind=d["doc_kind"], doc_title=d["doc_title"],
+        section_path=tuple(d["section_path"]), evidence_kind=d["evidence_kind"], paragraph=d["paragraph"],
+        start=d["start"], end=d["end"], text=d["text"], page=d.get("page"), cites=tuple(d.get("cites", ())),
+        ref_slot=d.get("ref_slot"), vote=vote,
+    )
+
+
+@dataclass
+class BuildContent:
+    """Everything one build writes, in memory."""
+
+    documents: list[Document]
+    passages: list[Passage]
+    sentences: list[Sentence]
+    passage_concepts: list[list[str]]
+    passage_vectors: np.ndarray
+    sentence_vectors: np.ndarray
+    lexical_tokens: list[list[str]]
+    manifest: dict = field(default_factory=dict)
+
+
+def current_build_dir(index_dir: Path) -> Path | None:
+    pointer = Path(index_dir) / "CURRENT"
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(encoding="utf-8").strip()
+    path = Path(index_dir) / "builds" / name
+    return path if name and path.is_dir() else None
+
+
+def read_manifest(build_dir: Path) -> dict:
+    path = build_dir / "manifest.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise IndexCorrupt(f"索引清单损坏: {path} ({err}). {REBUILD_HINT}") from None
+
+
+def verify_files(build_dir: Path, manifest: dict) -> list[str]:
+    """Names of files whose size or sha256 differs from the manifest (empty list: all intact)."""
+    bad = []
+    for rel, info in manifest.get("files", {}).items():
+        path = build_dir / rel
+        if not path.is_file():
+            bad.append(f"{rel} (missing)")
+        elif path.stat().st_size != info["bytes"]:
+            bad.append(f"{rel} (size {path.stat().st_size}, expected {info['bytes']})")
+        elif sha256_file(path) != info["sha256"]:
+            bad.append(f"{rel} (checksum differs)")
+    return bad
+
+
+def write_build(index_dir: Path, content: BuildContent, exact_search_max: int) -> Path:
+    """Write a complete build into a new folder, then point CURRENT at it; returns the folder."""
+    import bm25s
+    import faiss
+
+    index_dir = Path(index_dir)
+    builds = index_dir / "builds"
+    builds.mkdir(parents=True, exist_ok=True)
+    name = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{time.monotonic_ns() % 10**6:06d}"
+    tmp = builds / f".tmp-{name}"
+    tmp.mkdir()
+    try:
+        _write_jsonl(tmp / "documents.jsonl", (asdict(d) for d in content.documents))
+        _write_jsonl(
+            tmp / "passages.jsonl",
+            ({**asdict(p), "concepts": c} for p, c in zip(content.passages, content.passage_concepts)),
+        )
+        _write_jsonl(tmp / "sentences.jsonl", (asdict(s) for s in content.sentences))
+        np.save(tmp / "passage_vectors.npy", content.passage_vectors, allow_pickle=False)
+        np.save(tmp / "sentence_vectors.npy", content.sentence_vectors, allow_pickle=False)
+        faiss.write_index(make_dense_index(content.passage_vectors, exact_search_max), str(tmp / "dense.faiss"))
+        bm25 = bm25s.BM25()
+        bm25.index(content.lexical_tokens or [[""]], show_progress=False)
+        bm25.save(str(tmp / "lexical"), show_progress=False)
+        files = {}
+        for path in sorted(tmp.rglob("*")):
+            if path.is_file():
+                files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        manifest = {**content.manifest, "format_version": FORMAT_VERSION, "build": name, "files": files}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+        _fsync_tree(tmp)
+        final = builds / name
+        os.rename(tmp, final)
+        _point_current(index_dir, name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _remove_old_builds(builds, keep={name})
+    return builds / name
+
+
+def make_dense_index(vectors: np.ndarray, exact_search_max: int):
+    """Exact inner product for a corpus this size; an HNSW graph past `exact_search_max` vectors."""
+    import faiss
+
+    dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[0] else 384
+    if len(vectors) > exact_search_max:
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if len(vectors):
+        index.add(vectors)
+    return index
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _point_current(index_dir: Path, name: str) -> None:
+    tmp = index_dir / f".CURRENT.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, index_dir / "CURRENT")  # atomic on POSIX: readers see the old or the new name
+
+
+def _remove_old_builds(builds: Path, keep: set[str]) -> None:
+    """Keep the new build and the one before it (a reader may still have it open)."""
+    done = sorted((p for p in builds.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")), key=lambda p: p.name)
+    for old in done[:-2]:
+        if old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+    # Leftovers of builds that were killed mid-write.
+    for tmp in builds.glob(".tmp-*"):
+        pid = tmp.name.split("-")[-2] if tmp.name.count("-") >= 4 else ""
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class StoredIndex:
+    build_dir: Path
+    manifest: dict
+    documents: dict[str, Document]
+    passages: list[Passage]
+    passage_concepts: list[frozenset[str]]
+    sentences: list[Sentence]
+    sentence_passage: np.ndarray  # row of sentences -> row of its passage
+    passage_sentences: list[list[int]]  # row of passage -> rows of its sentences
+    passage_vectors: np.ndarray
+    sentence_vectors: np.ndarray
+    dense: object  # faiss index
+    lexical: object  # bm25s.BM25
+
+
+def load_build(index_dir: Path, verify: bool = True) -> StoredIndex:
+    import bm25s
+    import faiss
+
+    index_dir = Path(index_dir)
+    build_dir = current_build_dir(index_dir)
+    if build_dir is None:
+        raise IndexMissing(f"还没有索引: {index_dir}. 运行 `gistqa index` 建立索引 (no index yet: run `gistqa index`).")
+    manifest = read_manifest(build_dir)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexCorrupt(f"索引格式版本不符 ({manifest.get('format_version')} != {FORMAT_VERSION}). {REBUILD_HINT}")
+    if verify:
+        bad = verify_files(build_dir, manifest)
+        if bad:
+            raise IndexCorrupt(f"索引文件损坏或被改动: {', '.join(bad)} in {build_dir}. {REBUILD_HINT}")
+    try:
+        documents = {}
+        for d in _read_jsonl(build_dir / "documents.jsonl"):
+            documents[d["doc_id"]] = Document(**d)
+        rows = _read_jsonl(build_dir / "passages.jsonl")
+        passages = [passage_from_dict(r) for r in rows]
+        concepts = [frozenset(r.get("concepts", ())) for r in rows]
+        sentences = [Sentence(**s) for s in _read_jsonl(build_dir / "sentences.jsonl")]
+        pv = np.load(build_dir / "passage_vectors.npy", allow_pickle=False)
+        sv = np.load(build_dir / "sentence_vectors.npy", allow_pickle=False)
+        dense = faiss.read_index(str(build_dir / "dense.faiss"))
+        lexical = bm25s.BM25.load(str(build_dir / "lexical"), show_progress=False)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as err:
+        raise IndexCorrupt(f"索引无法读取 ({type(err).__name__}: {err}) in {build_dir}. {REBUILD_HINT}") from None
+    if len(pv) != len(passages) or len(sv) != len(sentences) or dense.ntotal != len(passages):
+        raise IndexCorrupt(f"索引各文件的条目数不一致 in {build_dir}. {REBUILD_HINT}")
+    row_of = {p.passage_id: i for i, p in enumerate(passages)}
+    sentence_passage = np.array([row_of[s.passage_id] for s in sentences], dtype=np.int64)
+    passage_sentences: list[list[int]] = [[] for _ in passages]
+    for j, i in enumerate(sentence_passage):
+        passage_sentences[i].append(j)
+    return StoredIndex(build_dir, manifest, documents, passages, concepts, sentences, sentence_passage,
+                       passage_sentences, pv, sv, dense, lexical)
