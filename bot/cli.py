@@ -1,0 +1,148 @@
+"""`gistqa`: the command line. Presentation only: every answer comes from `Bot.answer()`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from indexer.settings import get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="gistqa: 逐字引用KIT exon 9 GIST专家共识作答（离线）")
+err = Console(stderr=True)
+out = Console()
+
+
+def _user_errors():
+    """The exception types whose message is meant for the user (printed without a traceback)."""
+    from bot.query import QuestionError
+    from indexer.build import BuildBusy
+    from indexer.e5_model import ModelError
+    from indexer.store import IndexError_
+
+    return (QuestionError, IndexError_, ModelError, BuildBusy)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]错误 (error):[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def index(
+    rebuild: bool = typer.Option(False, "--rebuild", help="从头重建（不复用已有向量）"),
+    verify: bool = typer.Option(False, "--verify", help="只校验索引文件（不加载模型）"),
+) -> None:
+    """建立或更新索引 (build or update the index)."""
+    settings = get_settings()
+    if verify:
+        from indexer.store import current_build_dir, read_manifest, verify_files
+
+        build = current_build_dir(Path(settings.index_dir))
+        if build is None:
+            _fail(f"还没有索引: {settings.index_dir}. 运行 `gistqa index` (no index yet)")
+        bad = verify_files(build, read_manifest(build))
+        if bad:
+            _fail(f"索引文件损坏: {', '.join(bad)}. 运行 `gistqa index --rebuild`")
+        out.print(f"索引完好 (index intact): {build}")
+        return
+    from indexer.build import build_index
+
+    try:
+        report = build_index(settings, rebuild=rebuild, progress=sys.stderr.isatty())
+    except _user_errors() as e:
+        _fail(str(e))
+    for p in report.problems:
+        err.print(f"[yellow]跳过文件 (skipped):[/] {p}", highlight=False)
+    if report.noop:
+        out.print(f"索引已是最新，无需更新 (up to date): {report.passages} 段落, {report.sentences} 句 ({report.seconds:.2f} s)")
+    else:
+        out.print(
+            f"索引已建立 (built): {report.documents} 文档, {report.passages} 段落, {report.sentences} 句; "
+            f"新嵌入 {report.embedded}, 复用 {report.reused}; {report.seconds:.1f} s"
+            + (f"; {report.embed_rate:.0f} 条/秒" if report.embedded else "")
+        )
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="问题"),
+    history: Optional[list[str]] = typer.Option(None, "--history", help="之前的问题（可多次给出，按顺序）"),
+    as_json: bool = typer.Option(False, "--json", help="输出 JSON"),
+    scope: Optional[str] = typer.Option(None, "--scope", help="all（默认，含文献卡片）或 consensus（仅共识原文）"),
+) -> None:
+    """回答一个问题 (answer one question)."""
+    from bot.answer import DISCLAIMER, Bot
+
+    if scope not in (None, "all", "consensus"):
+        _fail("--scope 只能是 all 或 consensus")
+    settings = get_settings()
+    try:
+        bot = Bot(settings, auto_build=True)
+        result = bot.answer(question, history=history or [], scope=scope)
+    except _user_errors() as e:
+        _fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False, indent=1) + "\n")
+        return
+    out.print(result.answer, highlight=False, markup=False)
+    out.print(f"\n[dim]{DISCLAIMER}[/]", highlight=False)
+
+
+@app.command()
+def config() -> None:
+    """打印生效的设置 (print the effective settings)."""
+    sys.stdout.write(json.dumps(get_settings().public_dict(), ensure_ascii=False, indent=1) + "\n")
+
+
+@app.command("eval")
+def evaluate(
+    set_file: Optional[Path] = typer.Option(None, "--set", help="评测集 JSONL（默认 evals/questions.jsonl）"),
+    out_dir: Path = typer.Option(Path(".gistqa/eval"), "--out", help="报告输出目录"),
+    k: int = typer.Option(10, "--k", help="检索评测的截断位置"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="基线文件（默认 evals/baseline.json）"),
+    scope: Optional[str] = typer.Option(None, "--scope", help="all 或 consensus"),
+    writer: Optional[str] = typer.Option(None, "--writer", help="extractive 或 llm"),
+) -> None:
+    """运行评测集并与基线比较 (run the evaluation set; non-zero exit below the baseline)."""
+    from evals.runner import run_cli
+
+    try:
+        code = run_cli(set_file, out_dir, k, baseline, scope, writer)
+    except _user_errors() as e:
+        _fail(str(e))
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, "--host"),
+    port: Optional[int] = typer.Option(None, "--port"),
+    share: bool = typer.Option(False, "--share", help="生成公共分享链接（默认关闭）"),
+) -> None:
+    """启动聊天页面 (start the chat page)."""
+    from bot.app import launch
+
+    try:
+        launch(host=host, port=port, share=share)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+@app.command()
+def feedback() -> None:
+    """汇总聊天页面中的点赞/点踩 (summarise saved feedback)."""
+    from bot.feedback import summarise
+
+    sys.stdout.write(summarise(get_settings().feedback_path) + "\n")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real model, the real index of the real corpus (built once per run)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = REPO.parent / "shared" / "seed" / "consensus_kit_exon9_raw.txt"
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from indexer.settings import get_settings
+
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def built_index(settings):
+    """The default index of the real corpus (a no-op when it is up to date)."""
+    from indexer.build import build_index
+
+    build_index(settings)
+    return settings.index_dir
+
+
+@pytest.fixture(scope="session")
+def bot(built_index, settings):
+    from bot.answer import Bot
+
+    b = Bot(settings)
+    b.warm_up()
+    return b
+
+
+@pytest.fixture(scope="session")
+def stored_index(bot):
+    return bot._ensure_loaded()
+
+
+@pytest.fixture
+def tmp_settings(tmp_path, settings):
+    """Settings with a private corpus and index folder (the model cache is shared)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    return settings.model_copy(update={"corpus_dir": corpus, "index_dir": tmp_path / "index"})
+
+
+@pytest.fixture
+def copy_of_index(tmp_path, built_index, settings):
+    """A private copy of the built index, safe to damage."""
+    target = tmp_path / "index"
+    shutil.copytree(built_index, target, ignore=shutil.ignore_patterns(".build.lock"))
+    return settings.model_copy(update={"index_dir": target})
