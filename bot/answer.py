@@ -22,6 +22,7 @@ from indexer.store import IndexModelMismatch, IndexMissing, StoredIndex, current
 from indexer.structure import cited_slots
 from indexer.types import EVIDENCE_LABELS, Passage
 
+SCOPE_NOTE = "本工具只依据本知识库收录的CSCO胃肠间质瘤专家委员会专家共识及其引用文献作答，不使用其他来源，"
 DISCLAIMER = "本工具仅供医学教育参考，答案只摘录专家共识及其引用文献，不能替代临床判断。"
 MAX_MERGED_QUOTE = 160  # neighbouring sentences join into one quote up to this many characters
 CONFIDENCE_ZH = {"strong": "较确定", "moderate": "中等", "weak": "较弱"}
@@ -159,8 +160,8 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
         for h in hits[:n_passages]
     ]
     if plan.refused:
-        text = (f"抱歉，{plan.reason}。本工具只依据CSCO胃肠间质瘤专家委员会关于KIT exon 9突变GIST的专家意见"
-                f"及其引用文献作答，不使用其他来源，因此无法回答这个问题。")
+        # No digits in this text: every number a user sees must come from a cited source.
+        text = f"抱歉，{plan.reason}。{SCOPE_NOTE}因此无法回答这个问题。"
         timing["format"] = (time.perf_counter() - t) * 1000
         return Answer(question=query.text, answer=text, refused=True, refusal_reason=plan.reason, passages=passages, scope=scope)
 

@@ -197,7 +197,8 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
     absent = [lexicon.canonical(c) for c in sorted(query.focal) if c not in scope_concepts]
     unknown = absent + query.unknown_entities
     if unknown:
-        named = "、".join(f"「{w}」" for w in unknown if not re.search(r"\d", w))
+        # Names in “” (「」 is reserved for verbatim quotes of the source).
+        named = "、".join(f"“{w}”" for w in unknown if not re.search(r"\d", w))
         what = f"问题中的{named}" if named else "问题中提到的药物、基因或突变类型"
         return Plan([], None, True, f"本知识库没有涉及{what}的内容")
     slots = question_slots(query)
@@ -209,7 +210,7 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
     best_terms = max((sum(1 for t in set(query.content_terms) if t in normalize_for_match(c.sentence.text))
                       for c in candidates[:10]), default=0)
     if not has_subject and best_terms < 2:
-        return Plan([], None, True, "问题与本知识库的主题（KIT exon 9突变胃肠间质瘤的伊马替尼治疗专家共识）无关")
+        return Plan([], None, True, "问题与本知识库的主题（KIT突变胃肠间质瘤的伊马替尼治疗）无关")
     if not candidates and vote_hit is None:
         return Plan([], None, True, "没有检索到相关段落")
 

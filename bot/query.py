@@ -94,7 +94,7 @@ def unknown_entities(text: str, lexicon: Lexicon, corpus_norm: str) -> list[str]
     out = []
     for pattern in (_LATIN_ENTITY, _HAN_ENTITY):
         for m in pattern.finditer(text):
-            if any(s <= m.start() < e for s, e in known_spans):
+            if any(s < m.end() and m.start() < e for s, e in known_spans):  # overlaps a known term
                 continue
             word = m.group(0)
             if normalize_for_match(word) not in corpus_norm:

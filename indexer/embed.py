@@ -9,6 +9,7 @@ import numpy as np
 # Nothing may reach a model hub: these machines are offline by design.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 class Embedder:
@@ -21,7 +22,7 @@ class Embedder:
         self.model_dir = Path(model_dir)
         self.fingerprint = fingerprint
         self.model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.dim = int(self.model.get_embedding_dimension())
         self.query_prefix = query_prefix
         self.passage_prefix = passage_prefix
         self.batch_size = batch_size
