@@ -118,6 +118,10 @@ class Bot:
         hits = retrieve(index, self.lexicon, qvec, query.retrieval_text, dense_k=self.settings.dense_top_k,
                         lexical_k=self.settings.lexical_top_k, rrf_k=self.settings.rrf_k, scope=scope, timing=timing)
         literature = asks_about_literature(query, self.lexicon, question_slots(query))
+        if "consensus_doc" in query.concepts and not literature and scope == "all":
+            # "这份共识建议……": the user asks what the consensus itself says, not our cards.
+            scope = "consensus"
+            hits = [h for h in hits if in_scope(h.passage, scope)]
         hits = prefer_sources(hits, not literature, CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS)
         t = time.perf_counter()
         plan = plan_answer(index, query, hits, qvec, self.lexicon, self._scope_concepts[scope],

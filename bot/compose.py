@@ -43,6 +43,7 @@ CARD_SELF_REFERENCE = re.compile(r"本项目|本卡片")
 _LITERATURE_WORDS = re.compile(r"(文献|研究|引用|参考|试验|作者|期刊|论文|reference|study|studies|trial|paper|author|journal|cited|cite)", re.I)
 DENSE_WINDOW = 0.08  # cosines within this distance of the best count as close (e5 cosines are compressed)
 TOP_PASSAGES = 6
+COOCCURRENCE_PASSAGES = 10  # focal concepts must meet in one of the best passages
 VOTE_MATCH = 0.6  # vote-item match (see _vote_score) at which an unasked vote joins the answer  # sentences are drawn from the best fused passages
 
 
@@ -135,6 +136,7 @@ def score_sentences(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.
     hit_of = {h.row: h for h in top}
     value_attrs = (query.attributes & VALUE_ATTRIBUTES) - {"vote"}
     literature = asks_about_literature(query, lexicon, slots)
+    speaking_attrs = {a for a in query.attributes - VALUE_ATTRIBUTES if lexicon.attributes[a].expand}
     out = []
     for r, d in zip(rows, dense):
         s = index.sentences[r]
@@ -148,12 +150,14 @@ def score_sentences(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.
         s_concepts = lexicon.concepts_in(s.text)
         concept_share = len(concepts & s_concepts) / len(concepts) if concepts else 0.0
         states = {a for a in value_attrs if states_attribute(s.text, index.passage_concepts[prow], a, query, lexicon)}
+        # A sentence in the words of what is asked ("机制" for a why-question, "建议" for what to do).
+        speaks = {a for a in speaking_attrs if any(w in s.text for w in lexicon.attributes[a].expand.split())}
         if slots and set(cited_slots(s.text)) & set(slots):
             concept_share = 1.0  # the sentence that cites the reference asked about
         score = (W_PASSAGE * h.score / best_fused
                  + W_DENSE * max(0.0, 1.0 - (dmax - float(d)) / DENSE_WINDOW)
                  + W_TERMS * term_share + W_CONCEPTS * concept_share
-                 + W_ATTRIBUTE * (len(states) / len(value_attrs) if value_attrs else 0.0)
+                 + W_ATTRIBUTE * (len(states | speaks) / len(value_attrs | speaking_attrs) if value_attrs | speaking_attrs else 0.0)
                  + W_KIND * _kind_preference(h.passage, query))
         if h.passage.doc_kind != "consensus" and not literature:
             score *= CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS
@@ -166,13 +170,16 @@ def _vote_score(hit: Hit, query: Query, lexicon: Lexicon, best_fused: float) -> 
     vote = hit.passage.vote
     text = normalize_for_match(vote.question + " " + " ".join(o.text for o in vote.options))
     terms = set(query.content_terms)
-    share = sum(1 for t in terms if t in text) / len(terms) if terms else 0.0
+    # The item's own wording weighs most: a trainee often repeats it ("800 mg剂量疗效并不优于400 mg").
+    item_text = normalize_for_match(vote.question)
+    share = (sum(1 for t in terms if t in text) + sum(1 for t in terms if t in item_text)) / (2 * len(terms)) if terms else 0.0
     concepts = query.all_concepts
     c_share = len(concepts & lexicon.concepts_in(text)) / len(concepts) if concepts else 0.0
     # Options that state the value asked (a dose for a dose question) mark the item that answers it.
     wanted = [lexicon.attributes[a].stated_by for a in query.attributes & VALUE_ATTRIBUTES - {"vote", "percentage"}
               if lexicon.attributes[a].stated_by is not None]
-    states = any(p.search(o.text) for p in wanted for o in vote.options) if wanted else False
+    asked_vote = bool({"vote", "percentage"} & query.attributes)
+    states = any(p.search(o.text) for p in wanted for o in vote.options) if wanted and not asked_vote else False
     return 0.4 * hit.score / best_fused + 0.4 * share + 0.2 * c_share + (0.3 if states else 0.0)
 
 
@@ -183,7 +190,7 @@ def choose_vote(hits: list[Hit], query: Query, lexicon: Lexicon) -> Hit | None:
     best_fused = max(h.score for h in hits)
     scored = sorted(votes, key=lambda h: -_vote_score(h, query, lexicon, best_fused))
     best = scored[0]
-    asked = bool({"vote", "percentage"} & query.attributes)
+    asked = "vote" in query.attributes
     # Unasked, a vote item joins the answer only when it is among the very best passages or its
     # wording matches the question closely.
     if asked or best.rank <= 3 or _vote_score(best, query, lexicon, best_fused) >= VOTE_MATCH:
@@ -201,6 +208,11 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
         named = "、".join(f"“{w}”" for w in unknown if not re.search(r"\d", w))
         what = f"问题中的{named}" if named else "问题中提到的药物、基因或突变类型"
         return Plan([], None, True, f"本知识库没有涉及{what}的内容")
+    # 1b. Concepts the corpus has, but never together: no passage speaks of all of them at once.
+    together = [h for h in hits[:COOCCURRENCE_PASSAGES]]
+    if query.focal and not any(query.focal <= index.passage_concepts[h.row] for h in together):
+        names = "、".join(f"“{lexicon.canonical(c)}”" for c in sorted(query.focal) if not re.search(r"\d", lexicon.canonical(c)))
+        return Plan([], None, True, f"本知识库没有同时涉及{names or '问题中这几个方面'}的内容")
     slots = question_slots(query)
     candidates = score_sentences(index, query, hits, qvec, lexicon, slots)
     vote_hit = None if slots else choose_vote(hits, query, lexicon)

@@ -241,20 +241,26 @@ def read_baseline(path: Path) -> dict:
     return data
 
 
+def _worse(name: str, value: float | None, floor: float | None) -> bool:
+    if value is None or floor is None:
+        return False  # not measured on this set (e.g. no refusal items) or no baseline: nothing to compare
+    return value > floor if name in LOWER_IS_BETTER else value < floor
+
+
+def _imperfect(name: str, value: float | None) -> bool:
+    return name in MUST_BE_PERFECT and value is not None and value < 1.0
+
+
 def ratchet_failures(metrics: dict, baseline_metrics: dict | None) -> list[str]:
     """Why the run fails: a metric worse than its baseline, or a must-be-perfect metric below 1."""
     failures = []
     for name, floor in (baseline_metrics or {}).items():
-        value = metrics.get(name)
-        if value is None:
-            continue  # not measured on this set (e.g. no refusal items): nothing to compare
-        worse = value > floor if name in LOWER_IS_BETTER else value < floor
-        if worse:
-            failures.append(f"{name} = {_fmt(value)} {'above' if name in LOWER_IS_BETTER else 'below'} baseline {_fmt(floor)}")
+        if _worse(name, metrics.get(name), floor):
+            side = "above" if name in LOWER_IS_BETTER else "below"
+            failures.append(f"{name} = {_fmt(metrics[name])} {side} baseline {_fmt(floor)}")
     for name in MUST_BE_PERFECT:
-        value = metrics.get(name)
-        if value is not None and value < 1.0:
-            failures.append(f"{name} = {_fmt(value)} < 1.0 (must be perfect whatever the baseline)")
+        if _imperfect(name, metrics.get(name)):
+            failures.append(f"{name} = {_fmt(metrics[name])} < 1.0 (must be perfect whatever the baseline)")
     return failures
 
 
@@ -265,22 +271,24 @@ def _summary_table(result: EvalResult, baseline_metrics: dict | None) -> Table:
     table.add_column("value", justify="right")
     table.add_column("baseline", justify="right")
     for name in RATCHET_METRICS:
-        value = result.overall[name]
-        floor = (baseline_metrics or {}).get(name)
-        worse = value is not None and floor is not None and (value > floor if name in LOWER_IS_BETTER else value < floor)
-        bad = worse or (name in MUST_BE_PERFECT and value is not None and value < 1.0)
-        table.add_row(name, f"[red]{_fmt(value)}[/]" if bad else _fmt(value), _fmt(floor))
+        value, floor = result.overall[name], (baseline_metrics or {}).get(name)
+        shown = _fmt(value)
+        table.add_row(name, f"[red]{shown}[/]" if _worse(name, value, floor) or _imperfect(name, value) else shown, _fmt(floor))
     return table
+
+
+TAG_COLUMNS = {"answer_accuracy": "accuracy", "hit@5": "hit@5", "refusal_recall": "refusal rec.",
+               "false_refusal_rate": "false ref."}
 
 
 def _tag_table(result: EvalResult) -> Table:
     table = Table(title="per tag")
     table.add_column("tag")
     table.add_column("n", justify="right")
-    for name in ("answer_accuracy", "hit@5", "refusal_recall", "false_refusal_rate"):
-        table.add_column(name, justify="right")
+    for header in TAG_COLUMNS.values():
+        table.add_column(header, justify="right")
     for tag, m in result.per_tag.items():
-        table.add_row(tag, str(m["questions"]), *(_fmt(m[n]) for n in ("answer_accuracy", "hit@5", "refusal_recall", "false_refusal_rate")))
+        table.add_row(tag, str(m["questions"]), *(_fmt(m[name]) for name in TAG_COLUMNS))
     return table
 
 
@@ -292,8 +300,11 @@ def run_cli(set_file: Path | None = None, out_dir: Path = Path(".gistqa/eval"), 
     out = Console()
     err = Console(stderr=True)
 
+    def say(console: Console, message: str) -> None:
+        console.print(message, highlight=False, soft_wrap=True)  # paths must not be wrapped
+
     def fail(message: str) -> int:
-        err.print(f"[bold red]错误 (error):[/] {message}", highlight=False)
+        say(err, f"[bold red]错误 (error):[/] {message}")
         return 2
 
     if scope not in (None, "all", "consensus"):
@@ -304,13 +315,12 @@ def run_cli(set_file: Path | None = None, out_dir: Path = Path(".gistqa/eval"), 
         return fail("--k 必须 ≥ 1")
     set_path = Path(set_file) if set_file is not None else DEFAULT_SET
     baseline_path = Path(baseline) if baseline is not None else DEFAULT_BASELINE
+    if baseline is not None and not baseline_path.exists():
+        # Named but absent is a typo, not "no baseline yet": a silent pass would switch the ratchet off.
+        return fail(f"基线文件不存在 (baseline not found): {baseline_path}")
     try:
         items = load_set(set_path)
-        base = None
-        if baseline_path.exists():
-            base = read_baseline(baseline_path)
-        elif baseline is not None:
-            return fail(f"基线文件不存在 (baseline not found): {baseline_path}")
+        base = read_baseline(baseline_path) if baseline_path.exists() else None
     except EvalSetError as e:
         return fail(f"评测集或基线有误 (bad evaluation input):\n{e}")
 
@@ -318,29 +328,29 @@ def run_cli(set_file: Path | None = None, out_dir: Path = Path(".gistqa/eval"), 
     if writer:
         settings = settings.model_copy(update={"writer": writer})
     if k > settings.passages_returned:
-        err.print(f"[yellow]注意:[/] k={k} > passages_returned={settings.passages_returned}: "
-                  f"retrieval metrics see the {settings.passages_returned} passages an answer returns.", highlight=False)
+        say(err, f"[yellow]注意 (note):[/] k={k} > passages_returned={settings.passages_returned}: "
+                 f"retrieval metrics see only the {settings.passages_returned} passages an answer returns.")
     bot = Bot(settings, auto_build=True)
     result = run_eval(items, bot, k=k, scope=scope, progress=sys.stderr.isatty())
     result.set_file = _display_set(set_path)
     paths = write_reports(result, Path(out_dir))
 
     applies = base is not None and _resolve_set(base["set"]) == set_path.resolve()
-    out.print(_summary_table(result, base["metrics"] if applies else None))
+    floors = base["metrics"] if applies else None
+    out.print(_summary_table(result, floors))
     out.print(_tag_table(result))
-    failing = result.failing()
-    out.print(f"未通过 (failing): {len(failing)} / {len(result.items)} · errors: {result.overall['counts']['errors']}", highlight=False)
-    out.print(f"报告 (reports): {paths['report']} · {paths['results']} · {paths['chart']}", highlight=False)
-
+    say(out, f"未通过的问题 (failing questions): {len(result.failing())} / {len(result.items)} · "
+             f"errors: {result.overall['counts']['errors']}")
+    say(out, f"报告 (reports): {paths['report']} · {paths['results']} · {paths['chart']}")
     if base is None:
-        out.print(f"[yellow]没有基线文件 (no baseline yet): {baseline_path}[/]; only the must-be-perfect checks apply.", highlight=False)
+        say(out, f"[yellow]还没有基线 (no baseline yet):[/] {baseline_path}; only the must-be-perfect checks apply.")
     elif not applies:
-        out.print(f"[yellow]基线不适用 (no baseline applies):[/] {baseline_path} is for {base['set']}, this run used "
-                  f"{result.set_file}; only the must-be-perfect checks apply.", highlight=False)
-    failures = ratchet_failures(result.overall, base["metrics"] if applies else None)
+        say(out, f"[yellow]基线不适用 (no baseline applies):[/] {baseline_path} is for {base['set']}, this run used "
+                 f"{result.set_file}; only the must-be-perfect checks apply.")
+    failures = ratchet_failures(result.overall, floors)
+    for f in failures:
+        say(out, f"[bold red]未达标 (below the bar):[/] {f}")
     if failures:
-        for f in failures:
-            out.print(f"[bold red]退步 (regression):[/] {f}", highlight=False)
         return 1
-    out.print("[green]通过 (pass)[/]" + (" : 不低于基线 (at or above the baseline)" if applies else ""), highlight=False)
+    say(out, "[green]通过 (pass)[/]" + ("：不低于基线 (at or above the baseline)" if applies else ""))
     return 0

@@ -121,7 +121,11 @@ class Lexicon:
         return frozenset(m.id for m in self._concepts.find(text) if not m.id.startswith("_"))
 
     def attributes_in(self, text: str) -> set[str]:
-        return {m.id for m in self._attributes.find(text)}
+        # A trigger inside a longer concept term is part of that term: "剂量" in "标准剂量" names a
+        # dose level, it does not ask for a dose.
+        spans = [(m.start, m.end) for m in self._concepts.find(text) if not m.id.startswith("_")]
+        return {a.id for a in self._attributes.find(text)
+                if not any(s <= a.start and a.end <= e and e - s > a.end - a.start for s, e in spans)}
 
     def canonical(self, concept_id: str) -> str:
         """The first surface form: the corpus's own wording (Chinese where the corpus is Chinese)."""

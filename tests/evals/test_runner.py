@@ -1,0 +1,146 @@
+"""The runner on a small set with the real Bot over the default index: reports, errors, the ratchet."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.answer import Bot
+from evals.runner import CHART_PNG, REPORT_MD, RESULTS_JSON, ratchet_failures, run_cli, run_eval, write_reports
+from evals.schema import load_set
+from indexer.settings import get_settings
+
+SMALL_SET = [
+    {"id": "share", "question": "KIT exon 9突变在GIST患者中占多大比例？", "expect": "answer",
+     "must_include_any": [["6%~9%"]], "gold": ["占GIST患者总人群的"], "tags": ["intro"]},
+    # Right passage, but the item asks for wording no answer has: fails with a missing group.
+    {"id": "site", "question": "KIT exon 9突变的胃肠间质瘤主要发生在哪些部位？", "expect": "answer",
+     "must_include_any": [["小肠"], ["这句话不会出现在答案里"]], "gold": ["主要发生于小肠或结直肠"], "tags": ["intro", "hard"]},
+    {"id": "weather", "question": "今天天气怎么样？", "expect": "refuse", "must_not_include": ["mg", "%"], "tags": ["refuse"]},
+    {"id": "dose", "question": "那用多大剂量？", "history": ["KIT exon 9突变转移性GIST一线用伊马替尼吗？"], "expect": "answer",
+     "must_include_any": [["mg"]], "tags": ["followup"]},
+]
+
+
+@pytest.fixture(scope="module")
+def bot() -> Bot:
+    return Bot(get_settings(), auto_build=True)
+
+
+@pytest.fixture
+def set_file(tmp_path: Path) -> Path:
+    path = tmp_path / "small.jsonl"
+    path.write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in SMALL_SET), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def result(bot, set_file):
+    return run_eval(load_set(set_file), bot, k=10, progress=False)
+
+
+def write_baseline(tmp_path: Path, set_name: str, **metrics) -> Path:
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps({"set": set_name, "metrics": metrics}), encoding="utf-8")
+    return path
+
+
+def test_every_question_is_answered_and_scored(result):
+    by_id = {s.id: s for s in result.scores}
+    assert list(by_id) == ["share", "site", "weather", "dose"]
+    assert by_id["share"].problems() == [] and by_id["share"].rank is not None
+    assert by_id["weather"].refused and by_id["weather"].correct
+    assert "missing group: 这句话不会出现在答案里" in by_id["site"].problems()
+    assert result.overall["questions"] == 4 and result.overall["counts"]["errors"] == 0
+    assert result.overall["quote_verbatim_rate"] == 1.0
+    assert result.overall["numeric_faithfulness"] == 1.0
+    assert result.overall["citation_accuracy"] == 1.0
+    assert result.overall["refusal_recall"] == 1.0
+    assert set(result.per_tag) == {"intro", "hard", "refuse", "followup"}
+
+
+def test_reports_are_written(result, tmp_path):
+    paths = write_reports(result, tmp_path / "out")
+    data = json.loads((tmp_path / "out" / RESULTS_JSON).read_text(encoding="utf-8"))
+    assert data["overall"] == result.overall
+    assert set(data["per_tag"]) == set(result.per_tag)
+    first = data["questions"][0]
+    # The answer object is exactly what `gistqa ask --json` prints.
+    assert first["answer"] == json.loads(json.dumps(result.answers[0].to_dict(), ensure_ascii=False))
+    assert first["passed"] is True and first["scores"]["rank"] is not None
+    site = data["questions"][1]
+    assert site["passed"] is False and "missing group: 这句话不会出现在答案里" in site["problems"]
+
+    report = paths["report"].read_text(encoding="utf-8")
+    assert paths["report"].name == REPORT_MD
+    assert "## 总体 (overall)" in report and "## 按标签 (per tag)" in report
+    failing = report.split("## 未通过的问题 (failing questions)")[1]
+    assert "### site" in failing and "- missing group: 这句话不会出现在答案里" in failing
+    assert "### share" not in failing and "### weather" not in failing
+
+    png = (tmp_path / "out" / CHART_PNG).read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+class FlakyBot(Bot):
+    """The real bot, except that one question raises."""
+
+    def answer(self, question, history=None, scope=None):
+        if "天气" in question:
+            raise RuntimeError("simulated failure")
+        return super().answer(question, history=history, scope=scope)
+
+
+def test_a_question_that_raises_is_a_recorded_failure_not_a_crash(set_file, tmp_path):
+    result = run_eval(load_set(set_file), FlakyBot(get_settings(), auto_build=True), k=10, progress=False)
+    weather = result.scores[2]
+    assert weather.error.startswith("RuntimeError: simulated failure at test_runner.py:")
+    assert not weather.correct and result.answers[2] is None
+    assert result.overall["counts"]["errors"] == 1
+    assert result.scores[0].correct  # the others ran
+    write_reports(result, tmp_path)
+    data = json.loads((tmp_path / RESULTS_JSON).read_text(encoding="utf-8"))
+    assert data["questions"][2]["answer"] is None
+    assert data["questions"][2]["problems"][0].startswith("error: RuntimeError: simulated failure")
+
+
+def test_the_ratchet_fails_below_the_baseline_and_passes_above_it(set_file, tmp_path, capsys):
+    high = write_baseline(tmp_path, str(set_file), answer_accuracy=1.0, false_refusal_rate=0.0)
+    assert run_cli(set_file, tmp_path / "out", 10, high, None, None) == 1
+    printed = capsys.readouterr().out
+    assert "below the bar" in printed and "answer_accuracy = " in printed and "below baseline 1.0000" in printed
+
+    low = write_baseline(tmp_path, str(set_file), answer_accuracy=0.5, false_refusal_rate=0.5, **{"hit@5": 0.5})
+    assert run_cli(set_file, tmp_path / "out", 10, low, None, None) == 0
+    printed = capsys.readouterr().out
+    assert "below the bar" not in printed and "通过 (pass)" in printed
+    assert json.loads((tmp_path / "out" / RESULTS_JSON).read_text(encoding="utf-8"))["set"] == str(set_file.resolve())
+
+
+def test_a_baseline_for_another_set_does_not_apply(set_file, tmp_path, capsys):
+    other = write_baseline(tmp_path, "evals/questions.jsonl", answer_accuracy=1.0)
+    assert run_cli(set_file, tmp_path / "out", 10, other, None, None) == 0
+    assert "no baseline applies" in capsys.readouterr().out
+
+
+def test_unusable_input_is_exit_code_2_with_the_reason(set_file, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "question": "q", "expect": "later"}\n', encoding="utf-8")
+    assert run_cli(bad, tmp_path / "out", 10, None, None, None) == 2
+    assert "bad.jsonl line 1: field 'expect'" in capsys.readouterr().err
+    assert run_cli(set_file, tmp_path / "out", 10, tmp_path / "missing.json", None, None) == 2
+    typo = write_baseline(tmp_path, str(set_file), answer_acuracy=0.5)
+    assert run_cli(set_file, tmp_path / "out", 10, typo, None, None) == 2
+    assert "field 'metrics.answer_acuracy': unknown metric" in capsys.readouterr().err
+    assert run_cli(set_file, tmp_path / "out", 10, None, "everything", None) == 2
+
+
+def test_ratchet_rules():
+    metrics = {"answer_accuracy": 0.8, "false_refusal_rate": 0.05, "quote_verbatim_rate": 1.0,
+               "numeric_faithfulness": 0.99, "refusal_recall": None}
+    assert ratchet_failures(metrics, None) == ["numeric_faithfulness = 0.9900 < 1.0 (must be perfect whatever the baseline)"]
+    failures = ratchet_failures(metrics | {"numeric_faithfulness": 1.0},
+                                {"answer_accuracy": 0.8, "false_refusal_rate": 0.04, "refusal_recall": 0.9})
+    # equal is not worse; a lower-is-better rate fails above its baseline; an unmeasured metric is skipped
+    assert failures == ["false_refusal_rate = 0.0500 above baseline 0.0400"]
