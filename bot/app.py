@@ -40,7 +40,7 @@ STREAM_DELAY_S = 0.015
 CHIP_PREVIEW_CHARS = 14  # characters of the quote shown on its citation chip
 MAX_FILE_SIZE = "64kb"  # the page takes no uploads; keep the limit small anyway
 QUEUE_MAX_SIZE = 64
-THINKING = "⏳ 正在检索共识原文并逐字核对……"
+THINKING = "正在检索共识原文并逐字核对……"
 SOURCE_PLACEHOLDER = "点击回答下方的引用标签，这里会显示被引用的整段原文（引用处高亮）、章节位置和证据类型。"
 MARKDOWN_SPECIALS = set("\\`*_{}[]()#+-.!|~>")
 
@@ -160,7 +160,7 @@ def vote_html(vote: dict | None) -> str:
 
 def status_html(record: dict | None = None, error: str | None = None) -> str:
     if error is not None:
-        return f'<div class="gq-status gq-status-error">⚠️ {esc(error)}</div>'
+        return f'<div class="gq-status gq-status-error">⚠ {esc(error)}</div>'
     if record is None:
         return ""
     if record["refused"]:
@@ -174,7 +174,7 @@ def status_html(record: dict | None = None, error: str | None = None) -> str:
 
 
 def chat_answer_text(record: dict) -> str:
-    prefix = "⛔ **未覆盖 (not covered)**\n\n" if record["refused"] else ""
+    prefix = "**【未覆盖 (not covered)】**\n\n" if record["refused"] else ""
     return prefix + answer_markdown(record["answer"])
 
 
@@ -238,15 +238,15 @@ def build_app(bot: Bot, feedback_path: str | Path | None = None) -> gr.Blocks:
     feedback_path = Path(feedback_path or settings.feedback_path)
     user_errors = user_error_types()
 
-    def answer_or_error(question: str, history: list[str], scope: str) -> Answer:
-        try:
-            return bot.answer(question, history=history, scope=scope if scope in ("all", "consensus") else None)
-        except user_errors as e:
-            raise gr.Error(str(e), print_exception=False) from None
+    def answer(question: str, history: list[str], scope: str) -> Answer:
+        return bot.answer(question, history=history, scope=scope if scope in ("all", "consensus") else None)
 
     def ask(question: str, history: list[str] | None = None, scope: str = "all") -> tuple[str, dict]:
         """Answer one question: the verified answer Markdown and the full answer as JSON (as `gistqa ask --json`)."""
-        result = answer_or_error(question, list(history or []), scope)
+        try:
+            result = answer(question, list(history or []), scope)
+        except user_errors as e:
+            raise gr.Error(str(e), print_exception=False) from None
         return result.answer, result.to_dict()
 
     def respond(message, chat, questions, records, scope):
@@ -262,15 +262,15 @@ def build_app(bot: Bot, feedback_path: str | Path | None = None) -> gr.Blocks:
         chat.append({"role": "assistant", "content": THINKING})
         yield chat, "", gr.skip(), gr.skip(), "", gr.skip(), gr.update(value="", visible=False), "", None
         try:
-            result = bot.answer(question, history=questions, scope=scope if scope in ("all", "consensus") else None)
+            result = answer(question, questions, scope)
         except user_errors as e:
-            chat[-1] = {"role": "assistant", "content": "⚠️ " + esc(e)}
+            chat[-1] = {"role": "assistant", "content": "⚠ " + esc(e)}
             yield chat, gr.skip(), questions, records, "", gr.skip(), gr.skip(), status_html(error=str(e)), None
             return
         except Exception:  # a bug: the log gets the traceback, the user a plain sentence
             traceback.print_exc()
             message_zh = "内部错误，未能回答。请稍后重试或联系维护者 (internal error)."
-            chat[-1] = {"role": "assistant", "content": "⚠️ " + message_zh}
+            chat[-1] = {"role": "assistant", "content": "⚠ " + message_zh}
             yield chat, gr.skip(), questions, records, "", gr.skip(), gr.skip(), status_html(error=message_zh), None
             return
         record = answer_record(bot, result, questions, len(chat) - 1)
@@ -316,7 +316,7 @@ def build_app(bot: Bot, feedback_path: str | Path | None = None) -> gr.Blocks:
             save_feedback(feedback_path, record["question"], record["answer"], rating, comment or "")
         except OSError as e:
             return status_html(error=f"反馈未能保存：{e}"), gr.skip()
-        word = "👍 有帮助" if rating == "up" else "👎 没帮助"
+        word = "赞（有帮助）" if rating == "up" else "踩（没帮助）"
         return (f'<div class="gq-status gq-status-ok">已记录反馈：{word}'
                 + ("（含评论）" if (comment or "").strip() else "") + "。谢谢！</div>"), ""
 
@@ -326,7 +326,7 @@ def build_app(bot: Bot, feedback_path: str | Path | None = None) -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"## {TITLE}\n只用共识原文（及其引用文献的卡片）**逐字引用**作答，每条引用都与原文核对过；"
                     "资料里没有的内容会明确说明“未覆盖”。")
-        gr.HTML(f'<div class="gq-disclaimer">⚠️ {esc(DISCLAIMER)}</div>', elem_id="gq-disclaimer",
+        gr.HTML(f'<div class="gq-disclaimer">⚠ {esc(DISCLAIMER)}</div>', elem_id="gq-disclaimer",
                 css_template=DISCLAIMER_CSS, js_on_load=None)
         questions = gr.State([])
         records = gr.State([])
@@ -350,10 +350,8 @@ def build_app(bot: Bot, feedback_path: str | Path | None = None) -> gr.Blocks:
                 with gr.Row():
                     example_buttons = [gr.Button(q, size="sm", variant="secondary", elem_classes=["gq-example"])
                                        for q in EXAMPLES]
-                with gr.Row():
-                    comment = gr.Textbox(label="评论（可选）：先写评论，再点回答下方的 👍 / 👎", lines=1, max_lines=3,
-                                         scale=5, elem_id="gq-comment")
-                    clear = gr.Button("清空对话", scale=1, min_width=80)
+                comment = gr.Textbox(label="评论（可选）：先写评论，再点回答下方的“赞”或“踩”图标", lines=1, max_lines=3,
+                                     elem_id="gq-comment")
             with gr.Column(scale=2, min_width=320):
                 gr.Markdown("### 原文出处")
                 source = gr.HTML(placeholder_html(), elem_id="gq-source", css_template=SOURCE_CSS, js_on_load=None)
@@ -370,8 +368,6 @@ def build_app(bot: Bot, feedback_path: str | Path | None = None) -> gr.Blocks:
         chat.select(select_message, [records], [chips, source, vote, status, shown], api_visibility="private")
         chat.like(on_like, [records, comment], [status, comment], api_visibility="private")
         chat.clear(reset, None, [questions, records, chips, source, vote, status, shown], api_visibility="private")
-        clear.click(lambda: [], None, chat, api_visibility="private", queue=False).then(
-            reset, None, [questions, records, chips, source, vote, status, shown], api_visibility="private")
         gr.api(ask, api_name="ask")
     demo.queue(default_concurrency_limit=settings.concurrency_limit, max_size=QUEUE_MAX_SIZE)
     return demo
@@ -405,5 +401,10 @@ def launch(host: str | None = None, port: int | None = None, share: bool = False
     if share:
         print("警告：已开启公共分享链接 (warning: a public share link is on)", file=sys.stderr, flush=True)
     demo = build_app(bot)
-    demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
-                theme=page_theme(), show_error=False, footer_links=["api"], run_history=False)
+    _, local_url, share_url = demo.launch(
+        server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE, theme=page_theme(),
+        show_error=False, footer_links=["api"], run_history=False, quiet=True, prevent_thread_lock=True)
+    print(f"聊天页面已就绪 (chat page ready): {local_url}", flush=True)
+    if share_url:
+        print(f"公共分享链接 (public share link): {share_url}", flush=True)
+    demo.block_thread()

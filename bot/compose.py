@@ -108,6 +108,8 @@ def quotable(passage: Passage) -> bool:
 
 
 def _kind_preference(passage: Passage, query: Query) -> float:
+    if passage.doc_kind == "reference_fulltext":
+        return 1.0  # a paper's own text, which a user supplied, outranks our summary card of it
     if "finding" in query.attributes:
         return 1.0 if passage.section_path[-1].startswith("主要发现") or passage.evidence_kind == "evidence" else 0.0
     if "recommendation" in query.attributes:
@@ -152,8 +154,8 @@ def score_sentences(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.
         states = {a for a in value_attrs if states_attribute(s.text, index.passage_concepts[prow], a, query, lexicon)}
         # A sentence in the words of what is asked ("机制" for a why-question, "建议" for what to do).
         speaks = {a for a in speaking_attrs if any(w in s.text for w in lexicon.attributes[a].expand.split())}
-        if slots and set(cited_slots(s.text)) & set(slots):
-            concept_share = 1.0  # the sentence that cites the reference asked about
+        if slots and (set(cited_slots(s.text)) & set(slots) or h.passage.ref_slot in slots):
+            concept_share = 1.0  # the reference asked about: its own text, or the sentence citing it
         score = (W_PASSAGE * h.score / best_fused
                  + W_DENSE * max(0.0, 1.0 - (dmax - float(d)) / DENSE_WINDOW)
                  + W_TERMS * term_share + W_CONCEPTS * concept_share

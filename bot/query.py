@@ -75,7 +75,9 @@ def is_followup(text: str, history: list[str], focal: set[str]) -> bool:
     if not history:
         return False
     short = len(re.sub(r"\s", "", text)) <= 14
-    return bool(_FOLLOWUP_START.search(text) or _FOLLOWUP_MARK.search(text) or (short and not focal) or not focal)
+    # Only a marker ("那…呢", "这种情况") or a short question without a subject of its own continues
+    # the conversation; a long unrelated question must not inherit the previous topic.
+    return bool(_FOLLOWUP_START.search(text) or _FOLLOWUP_MARK.search(text) or (short and not focal))
 
 
 def content_terms(norm: str) -> list[str]:

@@ -105,11 +105,11 @@ def run_eval(items: list[Item], bot, k: int = 10, scope: str | None = None, prog
     answers: list[Answer | None] = []
     scores: list[QuestionScore] = []
     for item in tqdm(items, desc="eval", unit="q", disable=not progress, file=sys.stderr):
+        answer = None
         try:
             answer = bot.answer(item.question, history=item.history, scope=scope)
             score = score_answer(item, answer, sources, k)
         except Exception as e:  # noqa: BLE001 - one bad question must not end the run
-            answer = None
             frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
             where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
             score = score_error(item, f"{type(e).__name__}: {e}{where}")
@@ -123,12 +123,13 @@ def run_eval(items: list[Item], bot, k: int = 10, scope: str | None = None, prog
 
 
 # --- reports ----------------------------------------------------------------------------------
-def _fmt(value) -> str:
+def _fmt(value, name: str = "") -> str:
+    """Rates with 4 places (the precision they are stored and compared at), milliseconds with 1."""
     if value is None:
         return "—"
-    if isinstance(value, float):
-        return f"{value:.4f}" if value <= 1.0 else f"{value:.1f}"
-    return str(value)
+    if name.startswith("latency"):
+        return f"{value:.1f}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def render_report(result: EvalResult) -> str:
@@ -149,12 +150,12 @@ def render_report(result: EvalResult) -> str:
     ]
     c = o["counts"]
     detail = {
-        "quote_verbatim_rate": f"{c['quote_checks']} checks",
+        "quote_verbatim_rate": f"{c['citations']} quotes at their offsets + {c['quote_checks'] - c['citations']} 「」 spans shown",
         "numeric_faithfulness": f"{c['numbers_supported']}/{c['numbers']} numbers",
         "citation_accuracy": f"{c['citations']} quotes",
     }
     for name in RATCHET_METRICS:
-        lines.append(f"| {name} | {_fmt(o[name])} | {detail.get(name, '')} |")
+        lines.append(f"| {name} | {_fmt(o[name], name)} | {detail.get(name, '')} |")
     lines += ["", "## 按标签 (per tag)", "", "| tag | n | " + " | ".join(TABLE_METRICS) + " |",
               "|---|---|" + "---|" * len(TABLE_METRICS)]
     for tag, m in result.per_tag.items():
@@ -193,7 +194,7 @@ def write_chart(per_tag: dict[str, dict], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlim(0, 1.0)
     ax.set_xlabel("share of questions")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
@@ -257,7 +258,7 @@ def ratchet_failures(metrics: dict, baseline_metrics: dict | None) -> list[str]:
     for name, floor in (baseline_metrics or {}).items():
         if _worse(name, metrics.get(name), floor):
             side = "above" if name in LOWER_IS_BETTER else "below"
-            failures.append(f"{name} = {_fmt(metrics[name])} {side} baseline {_fmt(floor)}")
+            failures.append(f"{name} = {_fmt(metrics[name], name)} {side} baseline {_fmt(floor, name)}")
     for name in MUST_BE_PERFECT:
         if _imperfect(name, metrics.get(name)):
             failures.append(f"{name} = {_fmt(metrics[name])} < 1.0 (must be perfect whatever the baseline)")
@@ -272,8 +273,9 @@ def _summary_table(result: EvalResult, baseline_metrics: dict | None) -> Table:
     table.add_column("baseline", justify="right")
     for name in RATCHET_METRICS:
         value, floor = result.overall[name], (baseline_metrics or {}).get(name)
-        shown = _fmt(value)
-        table.add_row(name, f"[red]{shown}[/]" if _worse(name, value, floor) or _imperfect(name, value) else shown, _fmt(floor))
+        shown = _fmt(value, name)
+        bad = _worse(name, value, floor) or _imperfect(name, value)
+        table.add_row(name, f"[red]{shown}[/]" if bad else shown, _fmt(floor, name))
     return table
 
 

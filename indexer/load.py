@@ -66,6 +66,23 @@ def parse_front_matter(text: str) -> tuple[dict, int]:
     return meta, m.end()
 
 
+def read_sidecar(path: Path) -> dict:
+    """Metadata for a file without front matter (PDF, TXT): `<file>.yaml` beside it, e.g.
+    `vincenzi2022.pdf.yaml` with `slot: 16` and an optional `title`."""
+    side = Path(str(path) + ".yaml")
+    if not side.is_file():
+        return {}
+    try:
+        meta = yaml.safe_load(side.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise CorpusFileError(f"{side.name} is not valid YAML: {err}") from None
+    if not isinstance(meta, dict):
+        raise CorpusFileError(f"{side.name} must be a mapping of keys to values")
+    if "slot" in meta:
+        meta.setdefault("kind", "reference_fulltext")
+    return meta
+
+
 def load_document(path: Path, corpus_dir: Path) -> Document:
     rel = path.relative_to(corpus_dir).as_posix()
     data = path.read_bytes()
@@ -78,9 +95,14 @@ def load_document(path: Path, corpus_dir: Path) -> Document:
         raise CorpusFileError("文件为空 (empty file)")
     if path.suffix.lower() == ".md":
         meta, _ = parse_front_matter(raw)
+        if "slot" in meta:
+            meta.setdefault("kind", "reference_fulltext")
         text = raw
     else:
-        meta, text = {}, clean_extracted_text(raw)
+        meta, text = read_sidecar(path), clean_extracted_text(raw)
+    sidecar = Path(str(path) + ".yaml")
+    if sidecar.is_file():  # metadata is part of what the document is: a changed slot re-indexes it
+        data = data + sidecar.read_bytes()
     kind = meta.get("kind", "text")
     if kind not in ("consensus", "reference_card", "reference_fulltext", "text"):
         raise CorpusFileError(f"unknown kind {kind!r} in front matter")
@@ -119,4 +141,34 @@ def load_corpus(corpus_dir: Path) -> tuple[list[Document], list[LoadProblem]]:
             continue
         seen[doc.doc_id] = rel
         docs.append(doc)
-    return docs, problems
+    return check_reference_slots(docs, problems)
+
+
+def check_reference_slots(docs: list[Document], problems: list[LoadProblem]) -> tuple[list[Document], list[LoadProblem]]:
+    """A reference file must name a slot the consensus cites, and one slot has one file of a kind."""
+    from indexer.structure import cited_slots  # structure imports this module
+
+    cited: set[int] = set()
+    for d in docs:
+        if d.kind == "consensus":
+            cited.update(cited_slots(d.text))
+    kept: list[Document] = []
+    owner: dict[tuple[str, int], str] = {}
+    for d in docs:
+        if d.kind not in ("reference_card", "reference_fulltext"):
+            kept.append(d)
+            continue
+        slot = d.meta.get("slot")
+        if not isinstance(slot, int) or isinstance(slot, bool):
+            problems.append(LoadProblem(d.path, f"参考文献文件必须给出整数 slot（文献编号），现在是 {slot!r} (missing or non-integer slot)"))
+            continue
+        if cited and slot not in cited:
+            problems.append(LoadProblem(d.path, f"共识没有引用文献［{slot}］（共识引用的是［{min(cited)}］-［{max(cited)}］）(slot not cited)"))
+            continue
+        key = (d.kind, slot)
+        if key in owner:
+            problems.append(LoadProblem(d.path, f"文献［{slot}］已由 {owner[key]} 提供；两个文件不能对应同一编号 (two files claim slot {slot}); skipped"))
+            continue
+        owner[key] = d.path
+        kept.append(d)
+    return kept, problems

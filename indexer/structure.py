@@ -75,7 +75,7 @@ def _is_separator_row(line: _Line) -> bool:
 
 
 def _default_evidence(doc: Document) -> EvidenceKind:
-    return {"consensus": "text", "reference_card": "reference", "reference_fulltext": "reference"}.get(doc.kind, "text")
+    return {"consensus": "text", "reference_card": "reference", "reference_fulltext": "fulltext"}.get(doc.kind, "text")
 
 
 class _PassageBuilder:
@@ -87,6 +87,13 @@ class _PassageBuilder:
         self.part_kind: EvidenceKind | None = None
         self.para_in_section = 0
         self.ref_slot = doc.meta.get("slot") if isinstance(doc.meta.get("slot"), int) else None
+        self.page_spans = doc.meta.get("page_spans") or []
+
+    def page_of(self, start: int) -> int | None:
+        for s, e, page in self.page_spans:
+            if s <= start < e:
+                return page
+        return None
 
     def heading(self, level: int, title: str) -> None:
         self.headings = [h for h in self.headings if h[0] < level] + [(level, title)]
@@ -124,7 +131,7 @@ class _PassageBuilder:
                 start=start,
                 end=end,
                 text=text,
-                page=page,
+                page=page if page is not None else self.page_of(start),
                 cites=cited_slots(text),
                 ref_slot=self.ref_slot,
                 vote=vote,

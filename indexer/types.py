@@ -11,7 +11,7 @@ from typing import Literal
 DocKind = Literal["consensus", "reference_card", "reference_fulltext", "text"]
 # What kind of evidence a passage is: the three parts of each consensus topic, the vote table,
 # the introduction, and the reference cards / full texts.
-EvidenceKind = Literal["guideline", "evidence", "panel", "vote", "intro", "reference", "text"]
+EvidenceKind = Literal["guideline", "evidence", "panel", "vote", "intro", "reference", "fulltext", "text"]
 
 EVIDENCE_LABELS: dict[str, str] = {
     "guideline": "指南推荐",
@@ -20,6 +20,7 @@ EVIDENCE_LABELS: dict[str, str] = {
     "vote": "投票结果",
     "intro": "背景（导语）",
     "reference": "文献卡片",
+    "fulltext": "文献全文",
     "text": "正文",
 }
 

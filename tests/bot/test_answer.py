@@ -16,12 +16,17 @@ def _questions() -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def test_every_quote_in_every_answer_is_verbatim_at_its_offsets(bot, stored_index):
+@pytest.fixture(scope="module")
+def all_answers(bot):
+    """Every question of the evaluation set, answered once for the checks below."""
+    return [(item, bot.answer(item["question"], history=item.get("history", []))) for item in _questions()]
+
+
+def test_every_quote_in_every_answer_is_verbatim_at_its_offsets(all_answers, stored_index):
     """Over the whole evaluation set: each 「span」 in the Markdown is a verified quote whose text
     is the document's text at its offsets, inside the passage it cites."""
     checked = 0
-    for item in _questions():
-        result = bot.answer(item["question"], history=item.get("history", []))
+    for item, result in all_answers:
         by_text = {q.text for q in result.quotes}
         for span in QUOTE_SPAN.findall(result.answer):
             assert span in by_text, (item["id"], span)
@@ -33,10 +38,9 @@ def test_every_quote_in_every_answer_is_verbatim_at_its_offsets(bot, stored_inde
     assert checked > 200
 
 
-def test_every_number_in_every_answer_stands_in_a_cited_source(bot, stored_index):
+def test_every_number_in_every_answer_stands_in_a_cited_source(all_answers, stored_index):
     passages = {p.passage_id: p for p in stored_index.passages}
-    for item in _questions():
-        result = bot.answer(item["question"], history=item.get("history", []))
+    for item, result in all_answers:
         sources = [q.text for q in result.quotes] + [passages[q.passage_id].text for q in result.quotes]
         pool = {n for s in sources for n in numbers_in(s)}
         body = CITATION_SPAN.sub("", result.answer)

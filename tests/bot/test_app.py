@@ -38,18 +38,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cli_answers():
-    """`gistqa ask --json` in separate processes, started first so they run while the app warms up."""
+def cli_runs():
+    """`gistqa ask --json` in separate processes, started first so that they run while the app warms up."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    procs = {q: subprocess.Popen([str(GISTQA), "ask", q, "--json"], cwd=REPO, env=env, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for q in (Q_DOSE, Q_NOT_COVERED)}
-    answers = {}
-    for q, proc in procs.items():
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err[-2000:]
-        answers[q] = json.loads(out)
-    return answers
+    runs = {q: subprocess.Popen([str(GISTQA), "ask", q, "--json"], cwd=REPO, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for q in (Q_DOSE, Q_NOT_COVERED)}
+    yield runs
+    for proc in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _cli_answer(cli_runs, question) -> dict:
+    out, err = cli_runs[question].communicate(timeout=180)
+    assert cli_runs[question].returncode == 0, err[-2000:]
+    return json.loads(out)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,7 @@ def feedback_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app_url(bot, feedback_file, cli_answers):
+def app_url(cli_runs, bot, feedback_file):
     from bot.app import build_app
 
     demo = build_app(bot, feedback_path=feedback_file)
@@ -74,9 +78,9 @@ def _client(url):
 
 
 # --- the HTTP API -----------------------------------------------------------------------------
-def test_api_answer_is_the_cli_answer(app_url, cli_answers):
+def test_api_answer_is_the_cli_answer(app_url, cli_runs):
     markdown, full = _client(app_url).predict(Q_DOSE, [], "all", api_name="/ask")
-    cli = cli_answers[Q_DOSE]
+    cli = _cli_answer(cli_runs, Q_DOSE)
     assert not cli["refused"]
     assert markdown == cli["answer"]
     assert full["answer"] == cli["answer"]
@@ -84,9 +88,9 @@ def test_api_answer_is_the_cli_answer(app_url, cli_answers):
     assert "「" in markdown and full["vote"] is not None
 
 
-def test_api_refusal_is_the_cli_refusal(app_url, cli_answers):
+def test_api_refusal_is_the_cli_refusal(app_url, cli_runs):
     markdown, full = _client(app_url).predict(Q_NOT_COVERED, [], "all", api_name="/ask")
-    cli = cli_answers[Q_NOT_COVERED]
+    cli = _cli_answer(cli_runs, Q_NOT_COVERED)
     assert cli["refused"] and full["refused"]
     assert markdown == cli["answer"]
     assert full["quotes"] == []
@@ -130,6 +134,13 @@ def test_eight_users_at_once_each_get_an_answer(app_url):
         assert full["question"].strip() and markdown.strip(), question
         assert full["refused"] or "「" in markdown, question
     assert elapsed < 90
+
+
+def test_only_loopback_hosts_count_as_local():
+    from bot.app import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.20", "example.org"))
 
 
 # --- in the browser ---------------------------------------------------------------------------
@@ -219,7 +230,7 @@ def test_browser_thumbs_down_with_comment_is_saved(page, feedback_file):
     before = feedback_file.read_text(encoding="utf-8").splitlines() if feedback_file.exists() else []
     page.locator("#gq-comment textarea").fill("希望给出更多剂量细节")
     _bot_messages(page).last.hover()
-    page.locator("#gq-chat button[aria-label='Dislike']").last.click()
+    page.locator("#gq-chat button[aria-label='踩']").last.click()  # the thumbs down (zh-CN labels)
     page.wait_for_function("() => document.querySelector('#gq-status').innerText.includes('已记录反馈')",
                            timeout=10_000)
     lines = feedback_file.read_text(encoding="utf-8").splitlines()
@@ -228,6 +239,21 @@ def test_browser_thumbs_down_with_comment_is_saved(page, feedback_file):
     assert record["rating"] == "down"
     assert record["comment"] == "希望给出更多剂量细节"
     assert record["question"] == Q_DOSE and "「" in record["answer"]
+    assert page.locator("#gq-comment textarea").input_value() == ""  # the comment went with the vote
+
+
+@pytest.mark.browser
+def test_browser_follow_up_question_uses_the_earlier_questions(page, bot):
+    asked = [m.inner_text() for m in page.locator("#gq-chat .message.user").all()]
+    follow_up = "那一线治疗呢？"
+    with_history = bot.answer(follow_up, history=asked, scope="all")
+    alone = bot.answer(follow_up, history=[], scope="all")
+    telling = [q.text for q in with_history.quotes if f"「{q.text}」" in with_history.answer and q.text not in alone.answer]
+    assert telling, "the earlier question should change this answer"
+    _ask(page, follow_up)
+    shown = " ".join(_bot_messages(page).last.inner_text().split())
+    for text in telling:
+        assert " ".join(text.split()) in shown
 
 
 @pytest.mark.browser
@@ -236,6 +262,11 @@ def test_browser_not_covered_is_said_plainly(page):
     assert "未覆盖" in _bot_messages(page).last.inner_text()
     assert "未覆盖" in page.locator("#gq-status").inner_text()
     assert page.locator("#gq-chips button.gq-chip").count() == 0
+    assert not page.locator("#gq-vote").is_visible()
+    # Clicking an earlier answer brings back its citation chips.
+    _bot_messages(page).first.click()
+    page.locator("#gq-chips button.gq-chip").first.wait_for(timeout=10_000)
+    assert "已核对" in page.locator("#gq-status").inner_text()
 
 
 @pytest.mark.browser
@@ -246,3 +277,5 @@ def test_browser_html_in_a_question_is_text(page):
     assert page.evaluate("typeof window.__xss") == "undefined"
     assert page.locator("#gq-chat img[src='x']").count() == 0
     assert page.locator("#gq-chat script").count() == 0
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "chat-html-question.png"), full_page=True)
