@@ -13,7 +13,7 @@ import numpy as np
 
 from bot.compose import CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS, Plan, asks_about_literature, plan_answer, question_slots
 from bot.query import Query, analyse
-from bot.retrieve import Hit, in_scope, prefer_sources, retrieve
+from bot.retrieve import Hit, in_scope, prefer_sources, promote_references, retrieve
 from bot.types import Answer, Dropped, Quote, ReferenceNote, RetrievedPassage, VoteResult
 from bot.verify import QUOTE_SPAN, numbers_in, quote_problem
 from indexer.lexicon import Lexicon, normalize_for_match
@@ -101,9 +101,20 @@ class Bot:
     def warm_up(self) -> None:
         self._ensure_loaded()
         self.embedder().encode_queries(["预热"])
+        if self.settings.writer == "llm":
+            from bot.llm_writer import writer_for
+
+            writer_for(self)  # importing the LLM client takes seconds: not in a user's time
 
     # --- answering -------------------------------------------------------------------------
     def answer(self, question: str, history: list[str] | None = None, scope: str | None = None) -> Answer:
+        if self.settings.writer == "llm":
+            from bot.llm_writer import llm_answer, use_llm_writer
+
+            # The LLM writer asks this method for the extractive answer first (it decides refusal
+            # and is the fallback); the guard stops that call from coming back here.
+            if use_llm_writer(self):
+                return llm_answer(self, question, history, scope)
         t0 = time.perf_counter()
         timing: dict[str, float] = {}
         scope = scope or self.settings.scope
@@ -117,12 +128,13 @@ class Bot:
         timing["embed_query"] = (time.perf_counter() - t) * 1000
         hits = retrieve(index, self.lexicon, qvec, query.retrieval_text, dense_k=self.settings.dense_top_k,
                         lexical_k=self.settings.lexical_top_k, rrf_k=self.settings.rrf_k, scope=scope, timing=timing)
-        literature = asks_about_literature(query, self.lexicon, question_slots(query))
+        slots = question_slots(query)
+        literature = asks_about_literature(query, self.lexicon, slots)
         if "consensus_doc" in query.concepts and not literature and scope == "all":
             # "这份共识建议……": the user asks what the consensus itself says, not our cards.
             scope = "consensus"
             hits = [h for h in hits if in_scope(h.passage, scope)]
-        hits = prefer_sources(hits, not literature, CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS)
+        hits = promote_references(prefer_sources(hits, not literature, CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS), slots)
         t = time.perf_counter()
         plan = plan_answer(index, query, hits, qvec, self.lexicon, self._scope_concepts[scope],
                            self.settings.max_quotes, self.settings.sentence_keep_ratio)

@@ -26,8 +26,9 @@ from indexer.types import Passage, Sentence
 
 ATTRIBUTE_NAMES = {
     "dose": "剂量", "duration": "疗程（持续时间）", "timing": "时机", "percentage": "比例",
-    "vote": "投票结果", "side_effects": "不良反应", "survival_figure": "生存数据",
-    "identifier": "文献编号（DOI/PMID/页码）",
+    "vote": "投票结果", "side_effects": "不良反应", "survival_rate": "生存率", "median_survival": "中位生存期",
+    "schedule": "给药方案", "doi": "DOI", "pmid": "PMID", "pages": "卷期页码", "sample_size": "样本量",
+    "hazard_ratio": "风险比", "follow_up_time": "随访时间",
 }
 _SLOT_QUESTION = re.compile(r"(?:参考文献|文献|引用|ref(?:erence)?\.?|citation)\s*[［\[]?\s*(\d{1,2})(?!\d)|[［\[]\s*(\d{1,2})\s*[］\]]", re.I)
 # Score weights of a sentence (see score_sentences); named, not buried.
@@ -242,7 +243,15 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
         if stating[0] not in chosen:
             chosen.append(stating[0])
 
-    # 4. The best sentences, close in score to the best one.
+    # 4. The best sentences, close in score to the best one. The lead sentence comes from a passage
+    #    that speaks of every focal concept of the question; the others share at least one.
+    if query.focal and candidates:
+        lead = [c for c in candidates if query.focal <= index.passage_concepts[c.hit.row]]
+        vote_covers = vote_hit is not None and query.focal <= index.passage_concepts[vote_hit.row]
+        if not lead and not chosen and not vote_covers:
+            names = "、".join(f"“{lexicon.canonical(c)}”" for c in sorted(query.focal) if not re.search(r"\d", lexicon.canonical(c)))
+            return Plan([], None, True, f"本知识库没有同时涉及{names or '问题中这几个方面'}的内容")
+        candidates = lead[:1] + [c for c in candidates if c not in lead[:1] and query.focal & index.passage_concepts[c.hit.row]]
     if candidates:
         best = candidates[0].score
         for c in candidates:

@@ -21,6 +21,7 @@ import queue
 import re
 import threading
 import time
+import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import urlparse
@@ -58,6 +59,10 @@ _MARKERS_AFTER_QUOTE = re.compile(r"[ \t]*[。，；、,;]?[ \t]*((?:\[\s*\d{1,3
 _MARKERS_ONLY = re.compile(r"^\s*(?:\[\s*\d{1,3}\s*\]\s*)+[。；;！？!?.]?\s*$")
 _BULLET = re.compile(r"^\s*[-*+•]\s+$")
 _QUOTE_MASK = "口"  # stands in for quoted text while splitting, so a 。 inside 「」 ends no sentence
+# A quote that starts inside a clause whose earlier words hold a negation could flip its meaning
+# ("不建议X" quoted as 「建议X」 or 「X」): such a quote is refused.
+_NEGATION = re.compile(r"[不未非无勿否没禁]")
+_CLAUSE_END = re.compile(r"[，。；：！？,;:!?\n]")
 # Lexicon concept types that do not make a sentence a claim ("专家投票结果如下：" is connective).
 CONNECTIVE_CONCEPT_TYPES = frozenset({"question_word", "method"})
 
@@ -182,6 +187,22 @@ class LLMWriter:
             stop.set()  # the producer stops at its next chunk; a blocked read ends with the client's timeout
 
 
+_writers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_writers_lock = threading.Lock()
+
+
+def writer_for(bot) -> LLMWriter:
+    """The bot's LLMWriter, made once per bot and model settings (the first one imports LangChain's
+    client, a few seconds cold: call this from Bot.warm_up when writer == "llm")."""
+    s = bot.settings
+    key = (s.llm_base_url, s.llm_model, s.llm_timeout_s, s.llm_temperature)
+    with _writers_lock:
+        cached = _writers.get(bot)
+        if cached is None or cached[0] != key:
+            cached = _writers[bot] = (key, LLMWriter(s))
+        return cached[1]
+
+
 def _call_with_deadline(fn: Callable, deadline_s: float):
     """fn() in a daemon thread; LLMUnavailable if it fails or has not returned within deadline_s.
     (The client's own timeout bounds each read, not a reply that trickles in; this bounds the whole.)"""
@@ -258,7 +279,11 @@ def _check_sentence(sentence: str, passages: list[Passage], index: StoredIndex,
             where = "、".join(f"[{k}]" for k in marks)
             return drop("quote", f"「{quote}」 is not verbatim in passage {where}")
         p = passages[home - 1]
-        start = p.start + p.text.find(quote)
+        at = p.text.find(quote)
+        clause_head = _CLAUSE_END.split(p.text[:at])[-1]
+        if _NEGATION.search(clause_head):
+            return drop("quote", f"「{quote}」 leaves out the negation before it in its clause: “{clause_head}”")
+        start = p.start + at
         problem = quote_problem(index, p.doc_id, p.passage_id, start, start + len(quote), quote)
         if problem:
             return drop("quote", f"「{quote}」: {problem}")
@@ -355,9 +380,11 @@ def llm_answer(bot, question: str, history: list[str] | None = None, scope: str 
     try:
         if writer is None:
             try:
-                writer = LLMWriter(bot.settings)
+                writer = writer_for(bot)
             except Exception as e:  # noqa: BLE001 - a bad URL or setting: the model is unavailable
                 raise LLMUnavailable(f"cannot set up the model client: {type(e).__name__}: {e}") from e
+            timing["llm_setup"] = round((time.perf_counter() - t) * 1000, 2)
+            t = time.perf_counter()
         if stream:
             draft = "".join(writer.stream(question, passages, history))
         else:

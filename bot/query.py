@@ -11,12 +11,13 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from indexer.clean import remove_control_chars
-from indexer.lexicon import Lexicon, normalize_for_match
+from indexer.lexicon import Lexicon, normalize_for_match, to_simplified
 
 # Concept types that decide whether a question is covered (the others are context words).
 FOCAL_TYPES = {"drug", "gene", "mutation", "disease", "therapy", "population", "other", "trial", "setting", "site"}
 # Attributes whose value must be stated in the source for an answer to exist.
-VALUE_ATTRIBUTES = {"dose", "duration", "timing", "percentage", "vote", "side_effects", "survival_figure", "identifier"}
+VALUE_ATTRIBUTES = {"dose", "duration", "timing", "percentage", "vote", "side_effects", "survival_rate", "median_survival", "schedule",
+                    "doi", "pmid", "pages", "sample_size", "hazard_ratio", "follow_up_time"}
 
 _FOLLOWUP_START = re.compile(r"^(那|那么|那如果|如果|还有|然后|另外|再问|and\b|what about|how about|then\b|so\b)", re.I)
 _FOLLOWUP_MARK = re.compile(r"(呢[？?]?$|这种情况|这类|该类|上述|它们?|这个|那个|以后|之后|\bit\b|\bthat\b|\bthose\b|\bthem\b)", re.I)
@@ -112,7 +113,7 @@ def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: 
     focal = {c for c in concepts if lexicon.concepts[c].type in FOCAL_TYPES and not lexicon.concepts[c].topic}
     followup = is_followup(text, history, focal)
     context: set[str] = set()
-    retrieval = text
+    retrieval = to_simplified(text)  # the corpus is in simplified characters
     if followup:
         last = history[-1]
         context = lexicon.concepts_in(last) - concepts

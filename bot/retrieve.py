@@ -101,3 +101,20 @@ def prefer_sources(hits: list[Hit], consensus_first: bool, card_weight: float) -
     for i, h in enumerate(hits, start=1):
         h.rank = i
     return hits
+
+
+def promote_references(hits: list[Hit], slots: tuple[int, ...]) -> list[Hit]:
+    """A question naming ［n］ is about reference n: its card or full text and the consensus
+    passages citing it come first, in their fused order."""
+    if not slots:
+        return hits
+    wanted = set(slots)
+
+    def about(h: Hit) -> bool:
+        p = h.passage
+        return p.ref_slot in wanted if p.doc_kind != "consensus" else bool(wanted & set(p.cites))
+
+    hits = sorted(hits, key=lambda h: not about(h))  # stable: fused order kept within each group
+    for i, h in enumerate(hits, start=1):
+        h.rank = i
+    return hits

@@ -118,11 +118,12 @@ class Lexicon:
     @lru_cache(maxsize=200_000)
     def _concepts_cached(self, text: str) -> frozenset[str]:
         # Passage and sentence texts recur across questions; matching ~400 patterns is the cost.
-        return frozenset(m.id for m in self._concepts.find(text) if not m.id.startswith("_"))
+        return frozenset(m.id for m in self._concepts.find(to_simplified(text)) if not m.id.startswith("_"))
 
     def attributes_in(self, text: str) -> set[str]:
         # A trigger inside a longer concept term is part of that term: "剂量" in "标准剂量" names a
         # dose level, it does not ask for a dose.
+        text = to_simplified(text)
         spans = [(m.start, m.end) for m in self._concepts.find(text) if not m.id.startswith("_")]
         return {a.id for a in self._attributes.find(text)
                 if not any(s <= a.start and a.end <= e and e - s > a.end - a.start for s, e in spans)}
