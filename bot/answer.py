@@ -53,6 +53,7 @@ class Bot:
         self.lexicon = Lexicon.load(self.settings.lexicon_path)
         self._scope_concepts: dict[str, set[str]] = {}
         self._corpus_norm = ""
+        self._corpus_text = ""
 
     # --- loading ---------------------------------------------------------------------------
     def _ensure_loaded(self) -> StoredIndex:
@@ -75,7 +76,8 @@ class Bot:
                 scope: set().union(*[c for p, c in zip(index.passages, index.passage_concepts) if in_scope(p, scope)] or [set()])
                 for scope in ("all", "consensus")
             }
-            self._corpus_norm = normalize_for_match("\n".join(p.text for p in index.passages))
+            self._corpus_text = "\n".join(p.text for p in index.passages)
+            self._corpus_norm = normalize_for_match(self._corpus_text)
             self._index = index
             return index
 
@@ -121,7 +123,8 @@ class Bot:
         index = self._ensure_loaded()
         timing["load"] = (time.perf_counter() - t0) * 1000
         t = time.perf_counter()
-        query = analyse(question, history, self.lexicon, self._corpus_norm, self.settings.max_question_chars)
+        query = analyse(question, history, self.lexicon, self._corpus_norm, self.settings.max_question_chars,
+                        self._corpus_text)
         timing["analyse"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         qvec = self.embedder().encode_queries([query.retrieval_text])[0]

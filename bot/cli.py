@@ -118,6 +118,21 @@ def evaluate(
 
 
 @app.command()
+def bench(
+    smoke: bool = typer.Option(False, "--smoke", help="小规模快速模式（CI 用）"),
+    out_dir: Path = typer.Option(Path(".gistqa/bench"), "--out", help="报告输出目录"),
+) -> None:
+    """性能基准：延迟、吞吐、内存、规模曲线、与 LangChain 基线对比 (benchmark)."""
+    from evals.bench import run_cli as run_bench_cli
+
+    try:
+        code = run_bench_cli(out_dir, smoke)
+    except _user_errors() as e:
+        _fail(str(e))
+    raise typer.Exit(code)
+
+
+@app.command()
 def serve(
     host: Optional[str] = typer.Option(None, "--host"),
     port: Optional[int] = typer.Option(None, "--port"),

@@ -237,7 +237,7 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
     for attr in sorted(value_attrs):
         if attr == "percentage" and vote_hit is not None:
             continue
-        stating = [c for c in candidates if attr in c.states and _covers_focal(c, query, index)]
+        stating = [c for c in candidates if attr in c.states and _covers_focal(c, query, index, lexicon)]
         if not stating:
             return Plan([], None, True, f"本知识库没有给出这个问题所问的{ATTRIBUTE_NAMES[attr]}")
         if stating[0] not in chosen:
@@ -245,13 +245,15 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
 
     # 4. The best sentences, close in score to the best one. The lead sentence comes from a passage
     #    that speaks of every focal concept of the question; the others share at least one.
-    if query.focal and candidates:
-        lead = [c for c in candidates if query.focal <= index.passage_concepts[c.hit.row]]
+    if (query.focal or query.names) and candidates:
+        lead = [c for c in candidates if query.focal <= index.passage_concepts[c.hit.row]
+                and all(n in c.passage.text for n in query.names)]
         vote_covers = vote_hit is not None and query.focal <= index.passage_concepts[vote_hit.row]
         if not lead and not chosen and not vote_covers:
             names = "、".join(f"“{lexicon.canonical(c)}”" for c in sorted(query.focal) if not re.search(r"\d", lexicon.canonical(c)))
             return Plan([], None, True, f"本知识库没有同时涉及{names or '问题中这几个方面'}的内容")
-        candidates = lead[:1] + [c for c in candidates if c not in lead[:1] and query.focal & index.passage_concepts[c.hit.row]]
+        candidates = lead[:1] + [c for c in candidates if c not in lead[:1] and (
+            query.focal & index.passage_concepts[c.hit.row] or any(n in c.passage.text for n in query.names))]
     if candidates:
         best = candidates[0].score
         for c in candidates:
@@ -266,7 +268,11 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
     return Plan(chosen, vote_hit, False, slots=slots)
 
 
-def _covers_focal(c: Candidate, query: Query, index: StoredIndex) -> bool:
-    """A value answers only if its passage speaks of every focal concept of the question."""
-    passage_concepts = index.passage_concepts[c.hit.row]
-    return query.focal <= passage_concepts
+def _covers_focal(c: Candidate, query: Query, index: StoredIndex, lexicon: Lexicon) -> bool:
+    """A value answers only if its passage speaks of every focal concept and name of the question.
+    In a reference card each line is one fact about one paper, so there the sentence itself must."""
+    if c.passage.doc_kind == "consensus":
+        concepts, text = index.passage_concepts[c.hit.row], c.passage.text
+    else:
+        concepts, text = lexicon.concepts_in(c.sentence.text), c.sentence.text
+    return query.focal <= concepts and all(n in text for n in query.names)

@@ -48,6 +48,7 @@ class Query:
     is_followup: bool
     retrieval_text: str  # what is embedded and searched
     content_terms: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # author/trial names the corpus has ("Vincenzi")
 
     @property
     def all_concepts(self) -> set[str]:
@@ -91,6 +92,19 @@ def content_terms(norm: str) -> list[str]:
     return terms
 
 
+_NAME = re.compile(r"(?<![A-Za-z])([A-Z][a-z]{3,}(?:-[A-Z][a-z]+)?)(?![A-Za-z])")
+_COMMON_WORDS = {"What", "Which", "Who", "When", "Where", "Does", "Should", "Could", "Would", "Please", "Tell",
+                 "The", "This", "That", "These", "Those", "Is", "Are", "Can", "How", "Why", "And", "With", "From",
+                 "About", "After", "Before", "During", "Give", "List", "Show", "Explain", "Compare",
+                 # adjectives of place are not names of a paper or trial
+                 "Chinese", "China", "European", "Europe", "American", "Spanish", "Asian", "Japanese", "Korean"}
+
+
+def corpus_names(text: str, corpus_text: str) -> list[str]:
+    """Capitalised Latin words that the corpus itself uses, e.g. an author: they name what is asked."""
+    return [w for w in dict.fromkeys(_NAME.findall(text)) if w not in _COMMON_WORDS and w in corpus_text]
+
+
 def unknown_entities(text: str, lexicon: Lexicon, corpus_norm: str) -> list[str]:
     """Entity-looking words that the corpus never mentions (e.g. a drug or gene it does not cover)."""
     known_spans = [(m.start, m.end) for m in lexicon.concept_matches(text)]
@@ -105,7 +119,8 @@ def unknown_entities(text: str, lexicon: Lexicon, corpus_norm: str) -> list[str]
     return out
 
 
-def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: str, max_chars: int) -> Query:
+def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: str, max_chars: int,
+            corpus_text: str = "") -> Query:
     text = clean_question(raw, max_chars)
     history = [h for h in (clean_question(h, max_chars) for h in (history or []) if h and h.strip())]
     concepts = lexicon.concepts_in(text)
@@ -132,4 +147,5 @@ def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: 
         attributes=attributes, focal=focal | {c for c in context if lexicon.concepts[c].type in FOCAL_TYPES and not lexicon.concepts[c].topic},
         unknown_entities=unknown_entities(text, lexicon, corpus_norm), is_followup=followup,
         retrieval_text=retrieval, content_terms=content_terms(norm),
+        names=[n for n in corpus_names(text, corpus_text) if not lexicon.concepts_in(n)],
     )
