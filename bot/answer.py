@@ -170,9 +170,27 @@ def _merge_adjacent(plan: Plan, index: StoredIndex) -> list[tuple[Passage, int, 
     return [(p, s, e) for p, s, e, _ in merged]
 
 
+def rerank_by_answer(hits: list[Hit], plan: Plan) -> list[Hit]:
+    """Second stage: the passages whose sentences the writer chose (a finer relevance signal than
+    passage-level fusion) come first, in answer order, then the vote item, then the rest."""
+    first: list[str] = []
+    for c in plan.sentences:
+        if c.passage.passage_id not in first:
+            first.append(c.passage.passage_id)
+    if plan.vote_hit is not None and plan.vote_hit.passage.passage_id not in first:
+        first.append(plan.vote_hit.passage.passage_id)
+    order = {pid: i for i, pid in enumerate(first)}
+    ranked = sorted(hits, key=lambda h: order.get(h.passage.passage_id, len(order)))
+    for i, h in enumerate(ranked, start=1):
+        h.rank = i
+    return ranked
+
+
 def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_passages: int, scope: str,
            timing: dict) -> Answer:
     t = time.perf_counter()
+    if not plan.refused:
+        hits = rerank_by_answer(hits, plan)
     passages = [
         RetrievedPassage(h.passage.doc_id, h.passage.passage_id, h.passage.section, h.passage.text,
                          round(h.score, 6), h.rank, h.passage.evidence_kind, round(h.dense, 4), round(h.lexical, 4))
