@@ -225,7 +225,7 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
     if references:
         chips = []
         for ref in references:
-            card = next(x for x in index.passages if x.passage_id == ref.passage_id)
+            card = index.passage_by_id[ref.passage_id]
             start = index.documents[card.doc_id].text.index(ref.candidates, card.start)
             quotes.append(_quote_for(card, start, start + len(ref.candidates), ref.candidates, len(quotes) + 1))
             first_author = re.split(r"[,，(（]", ref.candidates)[0].strip()
@@ -265,6 +265,19 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
 
 
 
+_RECORDS: dict[str, dict[int, Passage]] = {}
+
+
+def _record_passages(index: StoredIndex) -> dict[int, Passage]:
+    """Slot -> the card passage listing its candidate records (built once per index)."""
+    key = str(index.build_dir)
+    if key not in _RECORDS:
+        _RECORDS.clear()
+        _RECORDS[key] = {p.ref_slot: p for p in reversed(index.passages) if p.doc_kind == "reference_card"
+                         and p.ref_slot is not None and p.section_path[-1].startswith("候选文献")}
+    return _RECORDS[key]
+
+
 def reference_notes(index: StoredIndex, quotes: list[Quote], scope: str, asked_slots: tuple[int, ...]) -> list[ReferenceNote]:
     """For each ［n］ in the quoted consensus text (or asked about), the candidate record of card n."""
     if scope != "all":
@@ -277,8 +290,7 @@ def reference_notes(index: StoredIndex, quotes: list[Quote], scope: str, asked_s
                     slots.append(n)
     notes = []
     for n in slots[:4]:
-        card = next((p for p in index.passages if p.doc_kind == "reference_card" and p.ref_slot == n
-                     and p.section_path[-1].startswith("候选文献")), None)
+        card = _record_passages(index).get(n)
         if card is None:
             continue
         # The first candidate record, whole: the card's list item without its marker.

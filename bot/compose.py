@@ -12,6 +12,7 @@ percentage...) against what the passages actually state, never from a similarity
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -32,7 +33,7 @@ ATTRIBUTE_NAMES = {
 }
 _SLOT_QUESTION = re.compile(r"(?:参考文献|文献|引用|ref(?:erence)?\.?|citation)\s*[［\[]?\s*(\d{1,2})(?!\d)|[［\[]\s*(\d{1,2})\s*[］\]]", re.I)
 # Score weights of a sentence (see score_sentences); named, not buried.
-W_PASSAGE, W_DENSE, W_TERMS, W_CONCEPTS, W_ATTRIBUTE, W_KIND = 0.30, 0.30, 0.25, 0.20, 0.30, 0.20
+W_PASSAGE, W_DENSE, W_TERMS, W_CONCEPTS, W_ATTRIBUTE, W_KIND = 0.30, 0.30, 0.45, 0.20, 0.30, 0.20
 # A reference card summarises a paper in our own words: for a question about the consensus it yields
 # to the consensus text, and it leads only when the question is about the literature.
 CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS = 0.6
@@ -108,6 +109,27 @@ def quotable(passage: Passage) -> bool:
     return passage.vote is None and not (passage.doc_kind == "reference_card" and passage.section_path[-1] in CARD_SECTIONS_NOT_QUOTED)
 
 
+_IDF_CACHE: dict[str, tuple[int, dict[str, int]]] = {}
+
+
+def term_weights(index: StoredIndex, terms: set[str]) -> dict[str, float]:
+    """Inverse sentence frequency of each question term: "阐明" or "一致" say more about which
+    sentence answers than "替尼", which stands in half the corpus."""
+    key = str(index.build_dir)
+    if key not in _IDF_CACHE:
+        df: dict[str, int] = {}
+        for s in index.sentences:
+            norm = normalize_for_match(s.text)
+            grams = {norm[i : i + 2] for i in range(len(norm) - 1)} | set(re.findall(r"[a-z][a-z0-9\-]+|\d+", norm))
+            for g in grams:
+                df[g] = df.get(g, 0) + 1
+        _IDF_CACHE.clear()
+        _IDF_CACHE[key] = (len(index.sentences), df)
+    n, df = _IDF_CACHE[key]
+    # A term no sentence contains tells nothing about which sentence answers: weight 0.
+    return {t: math.log((n + 1) / (df[t] + 0.5)) if t in df else 0.0 for t in terms}
+
+
 def _kind_preference(passage: Passage, query: Query) -> float:
     if passage.doc_kind == "reference_fulltext":
         return 1.0  # a paper's own text, which a user supplied, outranks our summary card of it
@@ -135,6 +157,8 @@ def score_sentences(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.
     dense = index.sentence_vectors[rows] @ qvec
     dmax = float(dense.max())
     terms = set(query.content_terms)
+    weights = term_weights(index, terms)
+    total_weight = sum(weights.values()) or 1.0
     concepts = query.all_concepts
     hit_of = {h.row: h for h in top}
     value_attrs = (query.attributes & VALUE_ATTRIBUTES) - {"vote"}
@@ -149,7 +173,7 @@ def score_sentences(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.
         h = hit_of[prow]
         # The section path counts: "what to do on recurrence" is answered by the section titled so.
         snorm = normalize_for_match(s.text + " " + " ".join(h.passage.section_path))
-        term_share = sum(1 for t in terms if t in snorm) / len(terms) if terms else 0.0
+        term_share = sum(weights[t] for t in terms if t in snorm) / total_weight if terms else 0.0
         s_concepts = lexicon.concepts_in(s.text)
         concept_share = len(concepts & s_concepts) / len(concepts) if concepts else 0.0
         states = {a for a in value_attrs if states_attribute(s.text, index.passage_concepts[prow], a, query, lexicon)}

@@ -27,7 +27,7 @@ _HAN_ENTITY = re.compile(r"[\u4e00-\u9fff]{1,4}(?:替尼|非尼|单抗|铂|紫�
 # Words a question is built from that carry no subject matter (kept out of overlap measures).
 _QUESTION_WORDS = re.compile(
     r"(请问|请|问一下|一下|什么|多少|哪些|哪个|哪种|怎么|如何|为什么|为何|是否|是不是|能否|可以|应该|需要|吗|呢|吧|啊|的|了|是|有|在|和|与|及|对|"
-    r"what|which|who|how|why|does|do|is|are|the|a|an|of|for|in|on|to|should|be|with|and|or|about)", re.I)
+    r"\b(?:what|which|who|how|why|does|do|is|are|the|a|an|of|for|in|on|to|should|be|with|and|or|about)\b)", re.I)
 
 
 class QuestionError(ValueError):

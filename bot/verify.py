@@ -25,7 +25,7 @@ def quote_problem(index: StoredIndex, doc_id: str, passage_id: str, start: int, 
     doc = index.documents.get(doc_id)
     if doc is None:
         return f"unknown document {doc_id!r}"
-    passage = next((p for p in index.passages if p.passage_id == passage_id), None) if passage_id else None
+    passage = index.passage_by_id.get(passage_id) if passage_id else None
     if passage is None:
         return f"unknown passage {passage_id!r}"
     if not (passage.start <= start < end <= passage.end):

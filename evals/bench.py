@@ -952,6 +952,7 @@ def run_bench(settings: Settings, out_dir: Path, smoke: bool = False, set_file: 
     result["real_build_estimate"] = phases.get("real_build_estimate", [])
     result["meta"].update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                            "seconds": round(time.perf_counter() - t_run, 1), "load_at_end": machine_load()})
+    result = json.loads(json.dumps(result))  # exactly what bench.json holds (tuples become lists)
     write_reports(result, out_dir)
     return result
 
@@ -1172,13 +1173,14 @@ def write_chart(r: dict, path: Path) -> None:
 def write_reports(result: dict, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     paths = {"json": out_dir / BENCH_JSON, "md": out_dir / BENCH_MD, "png": out_dir / BENCH_PNG}
-    paths["json"].write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     try:
-        paths["md"].write_text(render_markdown(result), encoding="utf-8")
+        markdown = render_markdown(result)
     except Exception as e:  # noqa: BLE001 - a partial result must still leave a readable report
         result["errors"].append(f"report: {type(e).__name__}: {e}")
-        paths["md"].write_text("# gistqa benchmark\n\nThe report could not be rendered: "
-                               f"{type(e).__name__}: {e}. The numbers are in {BENCH_JSON}.\n", encoding="utf-8")
+        markdown = (f"# gistqa benchmark\n\nThe report could not be rendered: {type(e).__name__}: {e}. "
+                    f"The numbers are in {BENCH_JSON}.\n")
+    paths["json"].write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    paths["md"].write_text(markdown, encoding="utf-8")
     write_chart(result, paths["png"])
     return paths
 

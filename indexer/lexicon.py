@@ -16,6 +16,7 @@ from pathlib import Path
 _T2S = None
 
 
+@lru_cache(maxsize=100_000)
 def to_simplified(text: str) -> str:
     """Traditional -> simplified Chinese (trainees paste from Taiwanese/HK sources)."""
     global _T2S
@@ -26,8 +27,10 @@ def to_simplified(text: str) -> str:
     return _T2S.convert(text)
 
 
+@lru_cache(maxsize=100_000)
 def normalize_for_match(text: str) -> str:
-    """NFKC folds full-width digits/letters and "～"; simplified characters; lower case."""
+    """NFKC folds full-width digits/letters and "～"; simplified characters; lower case.
+    Cached: corpus sentences are normalised again for every question (OpenCC is pure Python)."""
     return to_simplified(unicodedata.normalize("NFKC", text)).lower()
 
 
