@@ -193,7 +193,10 @@ def score_sentences(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.
     return out
 
 
-def _vote_score(hit: Hit, query: Query, lexicon: Lexicon, best_fused: float) -> float:
+def _vote_score(hit: Hit, query: Query, lexicon: Lexicon, best_fused: float, best_dense: float) -> float:
+    """How well a vote item matches the question: its wording, its concepts (an item about "after
+    stopping" loses to one without it when the question does not say so), its embedding (what
+    carries an English question to Chinese wording), its fused rank, and options named verbatim."""
     vote = hit.passage.vote
     text = normalize_for_match(vote.question + " " + " ".join(o.text for o in vote.options))
     terms = set(query.content_terms)
@@ -201,13 +204,22 @@ def _vote_score(hit: Hit, query: Query, lexicon: Lexicon, best_fused: float) -> 
     item_text = normalize_for_match(vote.question)
     share = (sum(1 for t in terms if t in text) + sum(1 for t in terms if t in item_text)) / (2 * len(terms)) if terms else 0.0
     concepts = query.all_concepts
-    c_share = len(concepts & lexicon.concepts_in(text)) / len(concepts) if concepts else 0.0
+    item_concepts = lexicon.concepts_in(vote.question + " " + " ".join(o.text for o in vote.options))
+    c_share = len(concepts & item_concepts) / len(concepts) if concepts else 0.0
+    # A setting the item is about and the question is not (e.g. "after stopping") counts against it.
+    settings = {c for c in item_concepts if lexicon.concepts[c].type == "setting"}
+    c_share -= 0.5 * len(settings - concepts) / len(settings) if settings else 0.0
+    # A question that names one of the item's options word for word is about that item.
+    named = any(len(o.text) >= 3 and normalize_for_match(o.text).replace(" ", "") in query.norm.replace(" ", "")
+                for o in vote.options)
+    dense = max(0.0, 1.0 - (best_dense - hit.dense) / DENSE_WINDOW)
     # Options that state the value asked (a dose for a dose question) mark the item that answers it.
     wanted = [lexicon.attributes[a].stated_by for a in query.attributes & VALUE_ATTRIBUTES - {"vote", "percentage"}
               if lexicon.attributes[a].stated_by is not None]
     asked_vote = bool({"vote", "percentage"} & query.attributes)
     states = any(p.search(o.text) for p in wanted for o in vote.options) if wanted and not asked_vote else False
-    return 0.4 * hit.score / best_fused + 0.4 * share + 0.2 * c_share + (0.3 if states else 0.0)
+    return (0.3 * hit.score / best_fused + 0.4 * share + 0.3 * c_share + 0.3 * dense
+            + (0.3 if states else 0.0) + (0.3 if named else 0.0))
 
 
 def choose_vote(hits: list[Hit], query: Query, lexicon: Lexicon) -> Hit | None:
@@ -215,12 +227,13 @@ def choose_vote(hits: list[Hit], query: Query, lexicon: Lexicon) -> Hit | None:
     if not votes:
         return None
     best_fused = max(h.score for h in hits)
-    scored = sorted(votes, key=lambda h: -_vote_score(h, query, lexicon, best_fused))
+    best_dense = max(h.dense for h in votes)
+    scored = sorted(votes, key=lambda h: -_vote_score(h, query, lexicon, best_fused, best_dense))
     best = scored[0]
     asked = "vote" in query.attributes
     # Unasked, a vote item joins the answer only when it is among the very best passages or its
     # wording matches the question closely.
-    if asked or best.rank <= 3 or _vote_score(best, query, lexicon, best_fused) >= VOTE_MATCH:
+    if asked or best.rank <= 3 or _vote_score(best, query, lexicon, best_fused, best_dense) >= VOTE_MATCH:
         return best
     return None
 

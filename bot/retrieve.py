@@ -68,6 +68,20 @@ def lexical_search(index: StoredIndex, tokens: list[str], k: int, scope: str) ->
     return ranked, scores
 
 
+def best_sentence_search(index: StoredIndex, qvec: np.ndarray, k: int, scope: str) -> list[int]:
+    """Passages ranked by their best sentence's similarity: one sentence that answers should not be
+    diluted by the six others of a long paragraph."""
+    if len(index.sentences) == 0:
+        return []
+    sims = index.sentence_vectors @ qvec
+    best = np.full(len(index.passages), -np.inf, dtype=np.float32)
+    np.maximum.at(best, index.sentence_passage, sims)
+    want = min(len(best), k if scope == "all" else k * 4)
+    top = np.argpartition(-best, want - 1)[:want] if want < len(best) else np.arange(len(best))
+    top = top[np.argsort(-best[top], kind="stable")]
+    return [int(r) for r in top if np.isfinite(best[r]) and in_scope(index.passages[r], scope)][:k]
+
+
 def retrieve(index: StoredIndex, lexicon: Lexicon, qvec: np.ndarray, retrieval_text: str, *,
              dense_k: int, lexical_k: int, rrf_k: int, scope: str, timing: dict | None = None) -> list[Hit]:
     import time
@@ -77,7 +91,8 @@ def retrieve(index: StoredIndex, lexicon: Lexicon, qvec: np.ndarray, retrieval_t
     t_dense = time.perf_counter()
     lex_rank, lex_scores = lexical_search(index, lexical_tokens(retrieval_text, lexicon), lexical_k, scope)
     t_lex = time.perf_counter()
-    fused = fuse_rankings([dense_rank, lex_rank], rrf_k)
+    sentence_rank = best_sentence_search(index, qvec, dense_k, scope)
+    fused = fuse_rankings([dense_rank, lex_rank, sentence_rank], rrf_k)
     rows = sorted(fused, key=lambda r: -fused[r])
     missing = [r for r in rows if r not in sims]
     if missing:  # cosine for rows only the lexical search found: one small matrix product
@@ -87,7 +102,7 @@ def retrieve(index: StoredIndex, lexicon: Lexicon, qvec: np.ndarray, retrieval_t
             for i, r in enumerate(rows)]
     if timing is not None:
         timing["dense_search"] = (t_dense - t) * 1000
-        timing["lexical_search"] = (t_lex - t_dense) * 1000
+        timing["lexical_search"] = (t_lex - t_dense) * 1000  # fusion below includes the sentence search
         timing["fusion"] = (time.perf_counter() - t_lex) * 1000
     return hits
 
