@@ -299,6 +299,14 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
             if c in chosen or c.score < keep_ratio * best:
                 continue
             chosen.append(c)
+    # The panel's own recommendation (我们推荐) is a topic's bottom line: a management question whose
+    # answer draws on a consensus topic gets it even when other sentences scored higher.
+    if ("recommendation" in query.attributes or query.is_followup) and chosen:
+        topics = {c.passage.section_path[0] for c in chosen if c.passage.doc_kind == "consensus"}
+        has_panel = any(c.passage.evidence_kind == "panel" for c in chosen)
+        panel = [c for c in candidates if c.passage.evidence_kind == "panel" and c.passage.section_path[0] in topics]
+        if topics and not has_panel and panel:
+            chosen.append(panel[0])
     if vote_hit is not None and "vote" in query.attributes:
         chosen = chosen[: max(0, max_quotes - 2)]  # the vote is the answer; keep text as context
     chosen.sort(key=lambda c: -c.score)
