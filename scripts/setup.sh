@@ -17,14 +17,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.gistqa-deps
 want="$(sha256sum constraints.txt pyproject.toml | sha256sum | cut -c1-16)-${GISTQA_WITH_TEST:-0}"
+# This machine's pip configuration names local mirrors that may be absent; pip warns once per
+# package about each. Those lines say nothing about gistqa, so they are filtered out.
+pip_install() { .venv/bin/pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> installing pinned dependencies (constraints.txt)"
   # torch first and by exact version: the CPU build is what the constraints name; a loose
   # requirement would pull the registry's CUDA build (several GB).
-  .venv/bin/pip install -q -c constraints.txt "torch==$(grep -i '^torch==' constraints.txt | cut -d= -f3)"
+  pip_install -c constraints.txt "torch==$(grep -i '^torch==' constraints.txt | cut -d= -f3)"
   extras=""
   [ "${GISTQA_WITH_TEST:-0}" = "1" ] && extras="[test]"
-  .venv/bin/pip install -q -c constraints.txt -e ".${extras}"
+  pip_install -c constraints.txt -e ".${extras}"
   echo "$want" > "$stamp"
 fi
 
