@@ -15,7 +15,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 class Embedder:
     def __init__(self, model_dir: Path, fingerprint: str, query_prefix: str, passage_prefix: str, batch_size: int = 32):
         import torch
+        import transformers
         from sentence_transformers import SentenceTransformer
+
+        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on every start
 
         # One thread per query: on a 2-core machine serving several users (or busy with anything
         # else), intra-op threads contend and a query took 0.5 s instead of 0.2 s (measured under
