@@ -29,7 +29,7 @@ ATTRIBUTE_NAMES = {
     "dose": "剂量", "duration": "疗程（持续时间）", "timing": "时机", "percentage": "比例",
     "vote": "投票结果", "side_effects": "不良反应", "survival_rate": "生存率", "median_survival": "中位生存期",
     "schedule": "给药方案", "doi": "DOI", "pmid": "PMID", "pages": "卷期页码", "sample_size": "样本量",
-    "hazard_ratio": "风险比", "follow_up_time": "随访时间",
+    "hazard_ratio": "风险比", "follow_up_time": "随访时间", "count": "人数",
 }
 _SLOT_QUESTION = re.compile(r"(?:参考文献|文献|引用|ref(?:erence)?\.?|citation)\s*[［\[]?\s*(\d{1,2})(?!\d)|[［\[]\s*(\d{1,2})\s*[］\]]", re.I)
 # Score weights of a sentence (see score_sentences); named, not buried.
@@ -309,8 +309,29 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
             chosen.append(panel[0])
     if vote_hit is not None and "vote" in query.attributes:
         chosen = chosen[: max(0, max_quotes - 2)]  # the vote is the answer; keep text as context
+    chosen = with_qualifiers(chosen, candidates, index)
     chosen.sort(key=lambda c: -c.score)
     return Plan(chosen, vote_hit, False, slots=slots)
+
+
+# A sentence opening with these qualifies the one before it ("研究显示… 但目前相关研究仍不足"):
+# quoting the claim without its qualifier would misrepresent the source.
+QUALIFIER_START = re.compile(r"^(但|但是|然而|不过|因此|然|而)")
+
+
+def with_qualifiers(chosen: list[Candidate], candidates: list[Candidate], index: StoredIndex) -> list[Candidate]:
+    rows = {c.row for c in chosen}
+    by_row = {c.row: c for c in candidates}
+    out = list(chosen)
+    for c in chosen:
+        nxt = c.row + 1
+        if nxt in rows or nxt >= len(index.sentences) or index.sentences[nxt].passage_id != c.sentence.passage_id:
+            continue
+        if QUALIFIER_START.match(index.sentences[nxt].text) and nxt in by_row:
+            q = by_row[nxt]
+            out.append(Candidate(q.row, q.sentence, q.passage, q.hit, c.score - 1e-6, q.states))
+            rows.add(nxt)
+    return out
 
 
 def _covers_focal(c: Candidate, query: Query, index: StoredIndex, lexicon: Lexicon) -> bool:

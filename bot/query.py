@@ -16,7 +16,7 @@ from indexer.lexicon import Lexicon, normalize_for_match, to_simplified
 # Concept types that decide whether a question is covered (the others are context words).
 FOCAL_TYPES = {"drug", "gene", "mutation", "disease", "therapy", "population", "other", "trial", "setting", "site"}
 # Attributes whose value must be stated in the source for an answer to exist.
-VALUE_ATTRIBUTES = {"dose", "duration", "timing", "percentage", "vote", "side_effects", "survival_rate", "median_survival", "schedule",
+VALUE_ATTRIBUTES = {"dose", "duration", "timing", "percentage", "vote", "side_effects", "survival_rate", "median_survival", "schedule", "count",
                     "doi", "pmid", "pages", "sample_size", "hazard_ratio", "follow_up_time"}
 
 _FOLLOWUP_START = re.compile(r"^(那|那么|那如果|如果|还有|然后|另外|再问|and\b|what about|how about|then\b|so\b)", re.I)
