@@ -170,15 +170,17 @@ def _merge_adjacent(plan: Plan, index: StoredIndex) -> list[tuple[Passage, int, 
     return [(p, s, e) for p, s, e, _ in merged]
 
 
-def rerank_by_answer(hits: list[Hit], plan: Plan) -> list[Hit]:
+def rerank_by_answer(hits: list[Hit], plan: Plan, cited: list[str] = ()) -> list[Hit]:
     """Second stage: the passages whose sentences the writer chose (a finer relevance signal than
-    passage-level fusion) come first, in answer order, then the vote item, then the rest."""
+    passage-level fusion) come first, in answer order, then the vote item, then the reference
+    records the answer cites, then the rest."""
     first: list[str] = []
     for c in plan.sentences:
         if c.passage.passage_id not in first:
             first.append(c.passage.passage_id)
     if plan.vote_hit is not None and plan.vote_hit.passage.passage_id not in first:
         first.append(plan.vote_hit.passage.passage_id)
+    first += [pid for pid in cited if pid not in first]
     order = {pid: i for i, pid in enumerate(first)}
     ranked = sorted(hits, key=lambda h: order.get(h.passage.passage_id, len(order)))
     for i, h in enumerate(ranked, start=1):
@@ -254,6 +256,15 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
         if ok:
             kept_lines.append(line)
     verified_quotes = [q for q in quotes if q.verified]
+    if references:  # the records the answer cites belong among the passages it returns
+        by_id = {h.passage.passage_id: h for h in hits}
+        extra = [index.passage_by_id[r.passage_id] for r in references if r.passage_id not in by_id]
+        hits = rerank_by_answer(hits + [Hit(-1, p, 0.0, 0.0, 0.0) for p in extra], plan, [r.passage_id for r in references])
+        passages = [
+            RetrievedPassage(h.passage.doc_id, h.passage.passage_id, h.passage.section, h.passage.text,
+                             round(h.score, 6), h.rank, h.passage.evidence_kind, round(h.dense, 4), round(h.lexical, 4))
+            for h in hits[:n_passages]
+        ]
     timing["verify"] = (time.perf_counter() - t) * 1000
     if not kept_lines:
         return Answer(question=query.text, answer="抱歉，没有能通过原文核对的内容可以引用，因此不作回答。", refused=True,

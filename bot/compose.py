@@ -301,7 +301,7 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
             chosen.append(c)
     # The panel's own recommendation (我们推荐) is a topic's bottom line: a management question whose
     # answer draws on a consensus topic gets it even when other sentences scored higher.
-    if ("recommendation" in query.attributes or query.is_followup) and chosen:
+    if ({"recommendation", "dose"} & query.attributes or query.is_followup) and chosen:
         topics = {c.passage.section_path[0] for c in chosen if c.passage.doc_kind == "consensus"}
         has_panel = any(c.passage.evidence_kind == "panel" for c in chosen)
         panel = [c for c in candidates if c.passage.evidence_kind == "panel" and c.passage.section_path[0] in topics]

@@ -74,10 +74,13 @@ def _tmp_folders(root: Path) -> list[str]:
     return sorted(n for n in _entries(root) if n.startswith(".tmp-"))
 
 
-def _model_mapped(pid: int) -> bool:
+def _model_loading(pid: int) -> bool:
+    """The process has the model's weights file mapped (or open): the embedder is loading."""
     try:
         with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
-            return MODEL_FILE in f.read()
+            if MODEL_FILE in f.read():
+                return True
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(MODEL_FILE) for fd in os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return False
 
@@ -99,9 +102,17 @@ def _assert_index_answers(settings, root: Path, expected_build: Path) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def report_faults():
+def report_faults(pytestconfig):
     yield
-    print("\n[robustness] faults injected and survived:\n  " + "\n  ".join(FAULTS or ["(none)"]))
+    say(pytestconfig, "faults injected and survived:\n  " + "\n  ".join(FAULTS or ["(none)"]))
+
+
+def say(config, text: str) -> None:
+    """Print a figure of this run where a `-q` run still shows it."""
+    print(f"\n[robustness] {text}")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\n[robustness] {text}")
 
 
 # --- SIGKILL mid-embedding -----------------------------------------------------------------------
@@ -117,7 +128,7 @@ def test_sigkill_mid_embedding_keeps_the_previous_index(tmp_path, built_index, s
         # The model file is mapped once the embedder loads; a full rebuild then embeds ~280 texts
         # (many seconds). Kill 2.5 s into that, provided nothing has been written yet.
         while proc.poll() is None and time.monotonic() < deadline:
-            if mapped_at is None and _model_mapped(proc.pid):
+            if mapped_at is None and _model_loading(proc.pid):
                 mapped_at = time.monotonic()
             if mapped_at is not None and time.monotonic() - mapped_at >= 2.5:
                 break
@@ -134,12 +145,13 @@ def test_sigkill_mid_embedding_keeps_the_previous_index(tmp_path, built_index, s
     _assert_index_answers(settings, root, before)
     FAULTS.append("SIGKILL of `gistqa index --rebuild` while embedding: previous index loads and answers")
 
-    # The next build of the same corpus completes and names itself in CURRENT.
+    # The next build of the same corpus completes: the index in use is whole and current.
     done = _run(root)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+    assert "无需更新" in done.stdout  # up to date: the killed build left nothing that makes the index look stale
     assert _tmp_folders(root) == []
-    assert load_build(root / "index").passages
+    assert current_build_dir(root / "index") == before
 
 
 # --- SIGKILL mid-write ---------------------------------------------------------------------------
