@@ -70,6 +70,22 @@ class Plan:
     slots: tuple[int, ...] = ()
 
 
+_SLOT_ROWS: dict[str, dict[int, list[int]]] = {}
+
+
+def _slot_rows(index: StoredIndex) -> dict[int, list[int]]:
+    """Slot -> rows of the passages of its card and full texts (built once per index)."""
+    key = str(index.build_dir)
+    if key not in _SLOT_ROWS:
+        rows: dict[int, list[int]] = {}
+        for i, p in enumerate(index.passages):
+            if p.doc_kind != "consensus" and p.ref_slot is not None:
+                rows.setdefault(p.ref_slot, []).append(i)
+        _SLOT_ROWS.clear()
+        _SLOT_ROWS[key] = rows
+    return _SLOT_ROWS[key]
+
+
 def question_slots(query: Query) -> tuple[int, ...]:
     slots = set()
     for m in _SLOT_QUESTION.finditer(query.text):
@@ -148,9 +164,16 @@ def score_sentences(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.
     if slots:  # a question about reference n: its card and the consensus sentences citing it
         top = [h for h in hits if quotable(h.passage) and (
             h.passage.ref_slot in slots if h.passage.doc_kind != "consensus" else set(h.passage.cites) & set(slots))]
+        # Every passage of the reference's own card or full text is a candidate, retrieved or not.
+        seen = {h.row for h in top}
+        floor = min((h.score for h in top), default=0.0) or min((h.score for h in hits), default=0.0)
+        for row in _slot_rows(index).get(slots[0], []) if len(slots) == 1 else []:
+            if row not in seen and quotable(index.passages[row]):
+                p = index.passages[row]
+                top.append(Hit(row, p, floor, float(index.passage_vectors[row] @ qvec), 0.0))
     if not top:
         return []
-    best_fused = max(h.score for h in top)
+    best_fused = max(h.score for h in top) or 1.0  # added reference passages may all score 0
     rows = [r for h in top for r in index.passage_sentences[h.row]]
     if not rows:
         return []
@@ -307,6 +330,14 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
         panel = [c for c in candidates if c.passage.evidence_kind == "panel" and c.passage.section_path[0] in topics]
         if topics and not has_panel and panel:
             chosen.append(panel[0])
+    # A question about reference n is answered by the sentence citing it and by the reference's own
+    # card or full text: the latter joins even when the citing sentence scored higher.
+    if slots and chosen and not any(c.passage.doc_kind != "consensus" for c in chosen):
+        own = [c for c in candidates if c.passage.doc_kind != "consensus" and c.passage.ref_slot in slots]
+        # What a paper found is in its findings, not in its bibliographic record.
+        own.sort(key=lambda c: -_kind_preference(c.passage, query))
+        if own:
+            chosen.append(own[0])
     if vote_hit is not None and "vote" in query.attributes:
         chosen = chosen[: max(0, max_quotes - 2)]  # the vote is the answer; keep text as context
     chosen = with_qualifiers(chosen, candidates, index)

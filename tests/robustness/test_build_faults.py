@@ -102,17 +102,9 @@ def _assert_index_answers(settings, root: Path, expected_build: Path) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def report_faults(pytestconfig):
+def report_faults(say):
     yield
-    say(pytestconfig, "faults injected and survived:\n  " + "\n  ".join(FAULTS or ["(none)"]))
-
-
-def say(config, text: str) -> None:
-    """Print a figure of this run where a `-q` run still shows it."""
-    print(f"\n[robustness] {text}")
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\n[robustness] {text}")
+    say("faults injected and survived:\n  " + "\n  ".join(FAULTS or ["(none)"]))
 
 
 # --- SIGKILL mid-embedding -----------------------------------------------------------------------

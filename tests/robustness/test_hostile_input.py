@@ -69,13 +69,9 @@ def _assert_quotes_from_corpus(answer_text: str, index) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def report_inputs(pytestconfig):
+def report_inputs(say):
     yield
-    text = f"hostile inputs: {len(HOSTILE)} kinds; answered or refused with a message through {INPUTS_TRIED}"
-    print(f"\n[robustness] {text}")
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\n[robustness] {text}")
+    say(f"hostile inputs: {len(HOSTILE)} kinds; answered or refused with a message through {INPUTS_TRIED}")
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def test_fifty_concurrent_requests_are_all_answered(app_url, bot, pytestconfig):
+def test_fifty_concurrent_requests_are_all_answered(app_url, bot, say):
     import httpx
     from gradio_client import Client
 
@@ -91,13 +91,9 @@ def test_fifty_concurrent_requests_are_all_answered(app_url, bot, pytestconfig):
         assert markdown == full["answer"] == expected[question], question
         assert full["refused"] or (full["quotes"] and all(q["verified"] for q in full["quotes"]))
     latencies = [r[3] for r in results]
-    text = (f"load: {len(results)}/{REQUESTS} concurrent requests served in {wall:.1f} s; "
-            f"latency p50 {statistics.median(latencies):.2f} s, p95 {_percentile(latencies, 0.95):.2f} s, "
-            f"max {max(latencies):.2f} s; the page itself loaded in {page_load:.2f} s during the burst")
-    print(f"\n[robustness] {text}")
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\n[robustness] {text}")
+    say(f"load: {len(results)}/{REQUESTS} concurrent requests served in {wall:.1f} s; "
+        f"latency p50 {statistics.median(latencies):.2f} s, p95 {_percentile(latencies, 0.95):.2f} s, "
+        f"max {max(latencies):.2f} s; the page itself loaded in {page_load:.2f} s during the burst")
 
 
 def test_question_over_the_size_limit_gets_the_limit_message(app_url, bot):
