@@ -26,6 +26,21 @@ def _user_errors():
     return (QuestionError, IndexError_, ModelError, BuildBusy)
 
 
+def _internal_error(err: Exception) -> None:
+    """An unexpected error: a short message for the user, the details in a log file for maintainers."""
+    import traceback
+
+    log = get_settings().index_dir.parent / "error.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(traceback.format_exc() + "\n")
+        where = f"; 详情已记录在 {log}"
+    except OSError:
+        where = ""
+    _fail(f"内部错误 ({type(err).__name__}){where} (internal error; please report it)", code=3)
+
+
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]错误 (error):[/] {message}", highlight=False, markup=True)
     raise typer.Exit(code)
@@ -85,6 +100,8 @@ def ask(
         result = bot.answer(question, history=history or [], scope=scope)
     except _user_errors() as e:
         _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - no traceback for a user, ever
+        _internal_error(e)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False, indent=1) + "\n")
         return
