@@ -166,7 +166,16 @@ def _merge_adjacent(plan: Plan, index: StoredIndex) -> list[tuple[Passage, int, 
             merged[-1][3] = max(merged[-1][3], score)
         else:
             merged.append([p, s, e, score])
-    merged.sort(key=lambda m: -m[3])
+    # Read in the source's own order: topics by their best quote, and within a topic (or document)
+    # by position, so a topic reads 目前指南推荐 -> 存在争议及相关证据 -> 我们推荐 as written.
+    def group(m):
+        p = m[0]
+        return (p.doc_id, p.section_path[0] if p.doc_kind == "consensus" else "")
+
+    best: dict = {}
+    for m in merged:
+        best[group(m)] = max(best.get(group(m), float("-inf")), m[3])
+    merged.sort(key=lambda m: (-best[group(m)], m[1]))
     return [(p, s, e) for p, s, e, _ in merged]
 
 

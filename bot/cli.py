@@ -105,8 +105,8 @@ def ask(
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False, indent=1) + "\n")
         return
-    out.print(result.answer, highlight=False, markup=False)
-    out.print(f"\n[dim]{DISCLAIMER}[/]", highlight=False)
+    # Plain write: a console library would hard-wrap long lines, breaking quotes in the middle.
+    sys.stdout.write(result.answer + "\n\n" + DISCLAIMER + "\n")
 
 
 @app.command()
