@@ -291,11 +291,12 @@ _RECORDS: dict[str, dict[int, Passage]] = {}
 def _record_passages(index: StoredIndex) -> dict[int, Passage]:
     """Slot -> the card passage listing its candidate records (built once per index)."""
     key = str(index.build_dir)
-    if key not in _RECORDS:
-        _RECORDS.clear()
-        _RECORDS[key] = {p.ref_slot: p for p in reversed(index.passages) if p.doc_kind == "reference_card"
-                         and p.ref_slot is not None and p.section_path[-1].startswith("候选文献")}
-    return _RECORDS[key]
+    records = _RECORDS.get(key)
+    if records is None:
+        records = {p.ref_slot: p for p in reversed(index.passages) if p.doc_kind == "reference_card"
+                   and p.ref_slot is not None and p.section_path[-1].startswith("候选文献")}
+        _RECORDS[key] = records
+    return records
 
 
 def reference_notes(index: StoredIndex, quotes: list[Quote], scope: str, asked_slots: tuple[int, ...]) -> list[ReferenceNote]:

@@ -59,7 +59,10 @@ def index(
         build = current_build_dir(Path(settings.index_dir))
         if build is None:
             _fail(f"还没有索引: {settings.index_dir}. 运行 `gistqa index` (no index yet)")
-        bad = verify_files(build, read_manifest(build))
+        try:
+            bad = verify_files(build, read_manifest(build))
+        except _user_errors() as e:
+            _fail(str(e))
         if bad:
             _fail(f"索引文件损坏: {', '.join(bad)}. 运行 `gistqa index --rebuild`")
         out.print(f"索引完好 (index intact): {build}")

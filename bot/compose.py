@@ -76,14 +76,14 @@ _SLOT_ROWS: dict[str, dict[int, list[int]]] = {}
 def _slot_rows(index: StoredIndex) -> dict[int, list[int]]:
     """Slot -> rows of the passages of its card and full texts (built once per index)."""
     key = str(index.build_dir)
-    if key not in _SLOT_ROWS:
-        rows: dict[int, list[int]] = {}
+    rows = _SLOT_ROWS.get(key)
+    if rows is None:
+        rows = {}
         for i, p in enumerate(index.passages):
             if p.doc_kind != "consensus" and p.ref_slot is not None:
                 rows.setdefault(p.ref_slot, []).append(i)
-        _SLOT_ROWS.clear()
         _SLOT_ROWS[key] = rows
-    return _SLOT_ROWS[key]
+    return rows
 
 
 def question_slots(query: Query) -> tuple[int, ...]:
@@ -132,16 +132,17 @@ def term_weights(index: StoredIndex, terms: set[str]) -> dict[str, float]:
     """Inverse sentence frequency of each question term: "阐明" or "一致" say more about which
     sentence answers than "替尼", which stands in half the corpus."""
     key = str(index.build_dir)
-    if key not in _IDF_CACHE:
+    cached = _IDF_CACHE.get(key)
+    if cached is None:
         df: dict[str, int] = {}
         for s in index.sentences:
             norm = normalize_for_match(s.text)
             grams = {norm[i : i + 2] for i in range(len(norm) - 1)} | set(re.findall(r"[a-z][a-z0-9\-]+|\d+", norm))
             for g in grams:
                 df[g] = df.get(g, 0) + 1
-        _IDF_CACHE.clear()
-        _IDF_CACHE[key] = (len(index.sentences), df)
-    n, df = _IDF_CACHE[key]
+        cached = (len(index.sentences), df)
+        _IDF_CACHE[key] = cached
+    n, df = cached
     # A term no sentence contains tells nothing about which sentence answers: weight 0.
     return {t: math.log((n + 1) / (df[t] + 0.5)) if t in df else 0.0 for t in terms}
 

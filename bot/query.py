@@ -122,7 +122,10 @@ def unknown_entities(text: str, lexicon: Lexicon, corpus_norm: str) -> list[str]
 def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: str, max_chars: int,
             corpus_text: str = "") -> Query:
     text = clean_question(raw, max_chars)
-    history = [h for h in (clean_question(h, max_chars) for h in (history or []) if h and h.strip())]
+    try:
+        history = [h for h in (clean_question(h, max_chars) for h in (history or []) if isinstance(h, str) and h.strip())]
+    except QuestionError as err:
+        raise QuestionError(f"对话历史中有一条问题无法使用：{err} (a history item is unusable)") from None
     concepts = lexicon.concepts_in(text)
     attributes = lexicon.attributes_in(text)
     focal = {c for c in concepts if lexicon.concepts[c].type in FOCAL_TYPES and not lexicon.concepts[c].topic}

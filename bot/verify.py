@@ -28,6 +28,8 @@ def quote_problem(index: StoredIndex, doc_id: str, passage_id: str, start: int, 
     passage = index.passage_by_id.get(passage_id) if passage_id else None
     if passage is None:
         return f"unknown passage {passage_id!r}"
+    if passage.doc_id != doc_id:
+        return "the cited passage belongs to another document"
     if not (passage.start <= start < end <= passage.end):
         return "offsets outside the cited passage"
     if doc.text[start:end] != text:

@@ -45,7 +45,7 @@ def join_pair(left: str, right: str) -> str:
     if not left or not right:
         return left + right
     a, b = left[-1], right[0]
-    if a == "-" and len(left) > 1 and left[-2].isalpha() and b.isalpha() and b.islower():
+    if a == "-" and len(left) > 1 and left[-2].isascii() and left[-2].isalpha() and b.isascii() and b.islower():
         return left[:-1] + right
     if a.isascii() and a.isalnum() and b.isascii() and b.isalnum():
         if re.search(r"[\w.]+@?[\w.]*$", left) and "@" in (left.split()[-1] + right.split()[0]):
@@ -88,6 +88,8 @@ def split_paragraphs(raw: str) -> list[str]:
 
 def clean_extracted_text(raw: str) -> str:
     """Full repair for TXT/PDF input: paragraphs separated by one blank line."""
-    text = unicodedata.normalize("NFC", remove_control_chars(raw))
+    # Line breaks first: CR is a control character, and removing it would glue words together.
+    text = raw.replace("\r\n", "\n").replace("\r", "\n")
+    text = unicodedata.normalize("NFC", remove_control_chars(text))
     paragraphs = [remove_spaces_between_cjk(p) for p in split_paragraphs(text)]
     return "\n\n".join(p for p in paragraphs if p) + "\n"

@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
-    concurrency_limit: int = 16
+    # Answers run on the CPU; more at once than a few per core only makes every answer slower.
+    concurrency_limit: int = 4
 
     @classmethod
     def settings_customise_sources(

@@ -114,9 +114,15 @@ def current_build_dir(index_dir: Path) -> Path | None:
 def read_manifest(build_dir: Path) -> dict:
     path = build_dir / "manifest.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise IndexCorrupt(f"索引清单损坏: {path} ({err}). {REBUILD_HINT}") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("bytes"), int) for v in files.values()
+    ):
+        raise IndexCorrupt(f"索引清单格式不对: {path}. {REBUILD_HINT}")
+    return manifest
 
 
 def verify_files(build_dir: Path, manifest: dict) -> list[str]:
@@ -164,13 +170,15 @@ def write_build(index_dir: Path, content: BuildContent, exact_search_max: int) -
         manifest = {**content.manifest, "format_version": FORMAT_VERSION, "build": name, "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
         _fsync_tree(tmp)
+        previous = current_build_dir(index_dir)
         final = builds / name
         os.rename(tmp, final)
         _point_current(index_dir, name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _remove_old_builds(builds, keep={name})
+    # Keep the new build and the one readers were using (not merely the newest-named orphan).
+    _remove_old_builds(builds, keep={name} | ({previous.name} if previous else set()))
     return builds / name
 
 
@@ -208,9 +216,8 @@ def _point_current(index_dir: Path, name: str) -> None:
 
 def _remove_old_builds(builds: Path, keep: set[str]) -> None:
     """Keep the new build and the one before it (a reader may still have it open)."""
-    done = sorted((p for p in builds.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")), key=lambda p: p.name)
-    for old in done[:-2]:
-        if old.name not in keep:
+    for old in builds.iterdir():
+        if old.is_dir() and not old.name.startswith(".tmp-") and old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
     # Leftovers of builds that were killed mid-write.
     for tmp in builds.glob(".tmp-*"):

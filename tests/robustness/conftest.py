@@ -1,7 +1,14 @@
 """Shared by the robustness tests: a way to show the run's figures in a plain `-q` run."""
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
+
+# Hypothesis keeps a cache (constants, unicode tables) in ./.hypothesis; keep it out of the work tree.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "gistqa-robustness-hypothesis"))
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,8 @@ def _assert_quotes_from_corpus(answer_text: str, index) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def report_inputs(say):
     yield
-    say(f"hostile inputs: {len(HOSTILE)} kinds; answered or refused with a message through {INPUTS_TRIED}")
+    say(f"hostile inputs: {len(HOSTILE)} kinds; passed (answered, or refused with a clear message) "
+        f"per door: {INPUTS_TRIED}")
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +111,13 @@ def cli_runs(built_index):
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_python_api(name, bot):
     question = HOSTILE[name]
-    INPUTS_TRIED["python"] += 1
     try:
         result = bot.answer(question)
     except QuestionError as e:
         assert name in MESSAGES, f"{name}: rejected with {e}"
         assert MESSAGES[name] in str(e)
         _assert_clean(str(e), name)
+        INPUTS_TRIED["python"] += 1
         return
     assert name not in MESSAGES, f"{name}: expected the message {MESSAGES.get(name)!r}"
     assert result.answer.strip()
@@ -124,6 +125,7 @@ def test_python_api(name, bot):
     _assert_clean(result.answer, name)
     _assert_clean(result.refusal_reason, name)
     _assert_quotes_from_corpus(result.answer, bot._ensure_loaded())
+    INPUTS_TRIED["python"] += 1
 
 
 def test_python_api_prompt_injection_is_a_question_not_an_order(bot):
@@ -174,7 +176,6 @@ def test_http_api(name, client, app_url, bot):
     from gradio_client.exceptions import AppError
 
     question = HOSTILE[name]
-    INPUTS_TRIED["http"] += 1
     if name == "lone_surrogate":
         # gradio_client itself cannot encode a lone surrogate; a JSON escape carries it to the server.
         event, data = _raw_ask(app_url, json.dumps({"data": [question, [], "all"]}))
@@ -187,6 +188,7 @@ def test_http_api(name, client, app_url, bot):
             assert name in MESSAGES, f"{name}: error {e}"
             assert MESSAGES[name] in str(e)
             _assert_clean(str(e), name)
+            INPUTS_TRIED["http"] += 1
             return
     assert name not in MESSAGES, f"{name}: expected the message {MESSAGES.get(name)!r}"
     assert markdown == full["answer"] == bot.answer(question).answer
@@ -195,6 +197,7 @@ def test_http_api(name, client, app_url, bot):
     returned = {k: v for k, v in full.items() if k != "question"}
     _assert_clean(json.dumps(returned, ensure_ascii=False), name)
     _assert_quotes_from_corpus(markdown, bot._ensure_loaded())
+    INPUTS_TRIED["http"] += 1
 
 
 # --- the CLI results ----------------------------------------------------------------------------
@@ -212,7 +215,6 @@ def test_cli_argv_limits_are_the_operating_systems():
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_cli(name, cli_runs, bot):
     proc = cli_runs[name].result(timeout=CLI_TIMEOUT_S * 4)
-    INPUTS_TRIED["cli"] += 1
     out = proc.stdout.decode("utf-8", "replace")
     err = proc.stderr.decode("utf-8", "replace")
     _assert_clean(out, f"{name} stdout")
@@ -220,11 +222,13 @@ def test_cli(name, cli_runs, bot):
     if name in MESSAGES:
         assert proc.returncode == 2, (proc.returncode, err[-1500:])
         assert "错误" in err and MESSAGES[name] in err
+        INPUTS_TRIED["cli"] += 1
         return
     assert proc.returncode == 0, (proc.returncode, err[-1500:])
     assert "「" in out or "抱歉" in out
     if name != "lone_surrogate":  # argv carried other bytes than the Python string
         assert _squash(bot.answer(HOSTILE[name]).answer) in _squash(out)
+    INPUTS_TRIED["cli"] += 1
 
 
 def test_nothing_was_executed_against_the_index(index_state, built_index, cli_runs):
@@ -260,7 +264,6 @@ def test_browser_markdown_link_trick_renders_as_text(app_url):
                     return bots.length === 1 && !bots[0].innerText.includes('正在检索')
                         && document.querySelector('#gq-status .gq-status') !== null;
                 }""", timeout=ANSWER_TIMEOUT_MS)
-            INPUTS_TRIED["browser"] += 1
             user = page.locator("#gq-chat .message.user").last
             assert MD_LINK in user.inner_text()
             assert page.locator("a[href^='javascript:' i]").count() == 0
@@ -268,5 +271,6 @@ def test_browser_markdown_link_trick_renders_as_text(app_url):
             user.get_by_text("点我", exact=False).first.click()  # were it a link, this would run alert(1)
             page.wait_for_timeout(300)
             assert dialogs == []
+            INPUTS_TRIED["browser"] += 1
         finally:
             browser.close()

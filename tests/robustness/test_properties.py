@@ -10,7 +10,7 @@ import hashlib
 import re
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
 from bot.verify import quote_problem
 from indexer.clean import _CONTROL, clean_extracted_text
@@ -45,18 +45,28 @@ def squash(text: str) -> str:
     return re.sub(r"\s", "", text)
 
 
-def break_hyphens(text: str) -> set[int]:
-    """Positions of the hyphens `clean` takes for line-break hyphens, as it decides them: the last
-    character of a printed line, after a letter, with the next printed line opening in lower case."""
-    out = set()
-    for m in re.finditer("-", text):
-        before = text[: m.start()].rstrip()
-        after_raw = text[m.end():]
-        after = after_raw.lstrip()
-        gap = after_raw[: len(after_raw) - len(after)]
-        if before and after and "\n" in gap and before[-1].isalpha() and after[0].isalpha() and after[0].islower():
-            out.add(m.start())
-    return out
+OTHER_LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # line ends `clean` may or may not honour
+
+
+def line_end_hyphens(raw: str) -> tuple[set[int], set[int]]:
+    """Positions in `raw` of hyphens that end a printed line before a line opening in lower case.
+
+    (break, undecided): after a Latin letter and before "\\n", a break hyphen, which `clean` removes;
+    after another letter (e.g. Chinese, documented as kept but removed today) or before another
+    kind of line end, left out of the property (the Chinese case is checked on its own below)."""
+    breaks, undecided = set(), set()
+    for m in re.finditer("-", raw):
+        before = _CONTROL.sub("", raw[: m.start()]).rstrip()
+        rest = raw[m.end():]
+        gap = re.match(r"[\s\x00-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]*", rest).group(0)
+        after = rest[len(gap):]
+        if not (before and after and before[-1].isalpha() and after[0].isalpha() and after[0].islower()):
+            continue
+        if "\n" in gap and before[-1].isascii():
+            breaks.add(m.start())
+        elif "\n" in gap or any(c in gap for c in OTHER_LINE_BREAKS):
+            undecided.add(m.start())
+    return breaks, undecided
 
 
 # --- (a) cleaning extracted text ---------------------------------------------------------------
@@ -69,9 +79,9 @@ def test_cleaning_removes_only_whitespace_and_control_characters(raw):
 
     assert isinstance(out, str)
     assert not SPACE_BETWEEN_CJK.search(out), out
-    no_controls = _CONTROL.sub("", raw)
-    hyphens = break_hyphens(no_controls)
-    expected = "".join(ch for i, ch in enumerate(no_controls) if i not in hyphens)
+    break_hyphens, undecided = line_end_hyphens(raw)
+    assume(not undecided)
+    expected = _CONTROL.sub("", "".join(ch for i, ch in enumerate(raw) if i not in break_hyphens))
     assert squash(out) == squash(expected)
 
 
@@ -91,10 +101,8 @@ def test_hyphen_after_chinese_at_line_end_is_kept():
 
 
 # --- (b) sentence spans and passage / sentence offsets -----------------------------------------
-SENTENCE_TEXT = st.lists(
-    st.one_of(PIECE, st.sampled_from(list("。！？；!?”’」』）)］]】") + [". ", ". A", "e.g. B", "1.5", "a@b.cn. X"])),
-    max_size=60,
-).map("".join)
+SENTENCE_ENDS = st.sampled_from(list("。！？；!?”’」』）)］]】") + [". ", ". A", "e.g. B", "1.5", "a@b.cn. X"])
+SENTENCE_TEXT = st.lists(st.one_of(PIECE, SENTENCE_ENDS), max_size=60).map("".join)
 
 
 @PROPERTY
