@@ -140,7 +140,7 @@ class Bot:
         hits = promote_references(prefer_sources(hits, not literature, CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS), slots)
         t = time.perf_counter()
         plan = plan_answer(index, query, hits, qvec, self.lexicon, self._scope_concepts[scope],
-                           self.settings.max_quotes, self.settings.sentence_keep_ratio)
+                           self.settings.max_quotes, self.settings.sentence_keep_ratio, scope)
         timing["select"] = (time.perf_counter() - t) * 1000
         result = render(index, query, plan, hits, self.settings.passages_returned, scope, timing)
         timing["total"] = (time.perf_counter() - t0) * 1000

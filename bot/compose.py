@@ -160,7 +160,7 @@ def _kind_preference(passage: Passage, query: Query) -> float:
 
 
 def score_sentences(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndarray, lexicon: Lexicon,
-                    slots: tuple[int, ...]) -> list[Candidate]:
+                    slots: tuple[int, ...], scope: str = "all") -> list[Candidate]:
     top = [h for h in hits if quotable(h.passage)][:TOP_PASSAGES]
     if slots:  # a question about reference n: its card and the consensus sentences citing it
         top = [h for h in hits if quotable(h.passage) and (
@@ -168,7 +168,7 @@ def score_sentences(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.
         # Every passage of the reference's own card or full text is a candidate, retrieved or not.
         seen = {h.row for h in top}
         floor = min((h.score for h in top), default=0.0) or min((h.score for h in hits), default=0.0)
-        for row in _slot_rows(index).get(slots[0], []) if len(slots) == 1 else []:
+        for row in _slot_rows(index).get(slots[0], []) if len(slots) == 1 and scope == "all" else []:
             if row not in seen and quotable(index.passages[row]):
                 p = index.passages[row]
                 top.append(Hit(row, p, floor, float(index.passage_vectors[row] @ qvec), 0.0))
@@ -263,7 +263,7 @@ def choose_vote(hits: list[Hit], query: Query, lexicon: Lexicon) -> Hit | None:
 
 
 def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndarray, lexicon: Lexicon,
-                scope_concepts: set[str], max_quotes: int, keep_ratio: float) -> Plan:
+                scope_concepts: set[str], max_quotes: int, keep_ratio: float, scope: str = "all") -> Plan:
     # 1. Entities the corpus never mentions.
     absent = [lexicon.canonical(c) for c in sorted(query.focal) if c not in scope_concepts]
     unknown = absent + query.unknown_entities
@@ -278,7 +278,7 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
         names = "、".join(f"“{lexicon.canonical(c)}”" for c in sorted(query.focal) if not re.search(r"\d", lexicon.canonical(c)))
         return Plan([], None, True, f"本知识库没有同时涉及{names or '问题中这几个方面'}的内容")
     slots = question_slots(query)
-    candidates = score_sentences(index, query, hits, qvec, lexicon, slots)
+    candidates = score_sentences(index, query, hits, qvec, lexicon, slots, scope)
     vote_hit = None if slots else choose_vote(hits, query, lexicon)
 
     # 2. No subject matter in common with the corpus.
