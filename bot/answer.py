@@ -9,7 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
 from bot.compose import CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS, Plan, asks_about_literature, plan_answer, question_slots
 from bot.query import Query, analyse

@@ -145,7 +145,7 @@ def test_a_number_in_no_quote_and_no_cited_passage_is_unsupported():
 
 def test_a_number_from_the_cited_passage_outside_the_quote_is_supported():
     q = quote(P2, "推荐高剂量伊马替尼")
-    text = f"- 「推荐高剂量伊马替尼」：600 mg/d〔共识 · 一线治疗 · 第1段〕"
+    text = "- 「推荐高剂量伊马替尼」：600 mg/d〔共识 · 一线治疗 · 第1段〕"
     s = score_answer(item(must_include_any=[["高剂量"]]), answer(text, [q]), SOURCES, k=10)
     assert (s.numbers_supported, s.numbers_total) == (1, 1)
 

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from indexer.build import build_index
 from indexer.store import IndexCorrupt, IndexMissing, current_build_dir, load_build, read_manifest, verify_files
-from tests.conftest import REPO
 
 DOC = """---
 doc_id: {doc_id}
