@@ -107,6 +107,14 @@ def cli_runs(built_index):
     pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _expect_message(name: str, err: Exception, door: str) -> None:
+    """A rejected input must be one we expect to reject, with its message, and nothing unsafe."""
+    assert name in MESSAGES, f"{name}: rejected with {err}"
+    assert MESSAGES[name] in str(err)
+    _assert_clean(str(err), name)
+    INPUTS_TRIED[door] += 1
+
+
 # --- (i) the Python API ----------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_python_api(name, bot):
@@ -114,10 +122,7 @@ def test_python_api(name, bot):
     try:
         result = bot.answer(question)
     except QuestionError as e:
-        assert name in MESSAGES, f"{name}: rejected with {e}"
-        assert MESSAGES[name] in str(e)
-        _assert_clean(str(e), name)
-        INPUTS_TRIED["python"] += 1
+        _expect_message(name, e, "python")
         return
     assert name not in MESSAGES, f"{name}: expected the message {MESSAGES.get(name)!r}"
     assert result.answer.strip()
@@ -185,10 +190,7 @@ def test_http_api(name, client, app_url, bot):
         try:
             markdown, full = client.predict(question, [], "all", api_name="/ask")
         except AppError as e:
-            assert name in MESSAGES, f"{name}: error {e}"
-            assert MESSAGES[name] in str(e)
-            _assert_clean(str(e), name)
-            INPUTS_TRIED["http"] += 1
+            _expect_message(name, e, "http")
             return
     assert name not in MESSAGES, f"{name}: expected the message {MESSAGES.get(name)!r}"
     assert markdown == full["answer"] == bot.answer(question).answer
