@@ -14,7 +14,7 @@ from bot.compose import CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS, Plan, asks_about_li
 from bot.query import Query, analyse
 from bot.retrieve import Hit, in_scope, prefer_sources, promote_references, retrieve
 from bot.types import Answer, Dropped, Quote, ReferenceNote, RetrievedPassage, VoteResult
-from bot.verify import QUOTE_SPAN, numbers_in, quote_problem
+from bot.verify import QUOTE_SPAN, quote_problem, unsupported_numbers
 from indexer.lexicon import Lexicon, normalize_for_match
 from indexer.settings import Settings, get_settings
 from indexer.store import IndexModelMismatch, IndexMissing, StoredIndex, current_build_dir, load_build
@@ -196,17 +196,17 @@ def rerank_by_answer(hits: list[Hit], plan: Plan, cited: list[str] = ()) -> list
     return ranked
 
 
+def _retrieved(hits: list[Hit], n: int) -> list[RetrievedPassage]:
+    return [RetrievedPassage(h.passage.doc_id, h.passage.passage_id, h.passage.section, h.passage.text,
+                             round(h.score, 6), h.rank, h.passage.evidence_kind, round(h.dense, 4), round(h.lexical, 4))
+            for h in hits[:n]]
+
+
 def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_passages: int, scope: str,
            timing: dict) -> Answer:
     t = time.perf_counter()
-    if not plan.refused:
-        hits = rerank_by_answer(hits, plan)
-    passages = [
-        RetrievedPassage(h.passage.doc_id, h.passage.passage_id, h.passage.section, h.passage.text,
-                         round(h.score, 6), h.rank, h.passage.evidence_kind, round(h.dense, 4), round(h.lexical, 4))
-        for h in hits[:n_passages]
-    ]
     if plan.refused:
+        passages = _retrieved(hits, n_passages)
         # No digits in this text: every number a user sees must come from a cited source.
         text = f"抱歉，{plan.reason}。{SCOPE_NOTE}因此无法回答这个问题。"
         timing["format"] = (time.perf_counter() - t) * 1000
@@ -242,6 +242,11 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
             chips.append(f"〔［{ref.slot}］{first_author} 等 · 置信度{CONFIDENCE_ZH.get(ref.confidence, ref.confidence)}〕")
         # The full records are in the JSON and the sources panel; the answer names them briefly.
         lines.append(("- **所引文献**（文献卡片中的候选文献，未经确认）：" + "".join(chips), quotes[-len(references):], []))
+    # The passages returned: those the answer quotes first, then the reference records it cites.
+    cited = [r.passage_id for r in references]
+    listed = {h.passage.passage_id for h in hits}
+    hits = hits + [Hit(-1, index.passage_by_id[pid], 0.0, 0.0, 0.0) for pid in cited if pid not in listed]
+    passages = _retrieved(rerank_by_answer(hits, plan, cited), n_passages)
     timing["format"] = (time.perf_counter() - t) * 1000
 
     # Verify: every quote at its offsets; every number outside quotes and citations in its sources.
@@ -255,24 +260,13 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
             if problem:
                 dropped.append(Dropped("quote", q.text, problem))
                 ok = False
-        prose = QUOTE_SPAN.sub("", re.sub(r"〔[^〔〕]*〕", "", line))
-        source_numbers = {n for s in sources for n in numbers_in(s)}
-        bad = [n for n in numbers_in(prose) if n not in source_numbers]
+        bad = unsupported_numbers(QUOTE_SPAN.sub("", line), sources)
         if bad:
             dropped.append(Dropped("number", line, f"numbers not in the cited source: {', '.join(bad)}"))
             ok = False
         if ok:
             kept_lines.append(line)
     verified_quotes = [q for q in quotes if q.verified]
-    if references:  # the records the answer cites belong among the passages it returns
-        by_id = {h.passage.passage_id: h for h in hits}
-        extra = [index.passage_by_id[r.passage_id] for r in references if r.passage_id not in by_id]
-        hits = rerank_by_answer(hits + [Hit(-1, p, 0.0, 0.0, 0.0) for p in extra], plan, [r.passage_id for r in references])
-        passages = [
-            RetrievedPassage(h.passage.doc_id, h.passage.passage_id, h.passage.section, h.passage.text,
-                             round(h.score, 6), h.rank, h.passage.evidence_kind, round(h.dense, 4), round(h.lexical, 4))
-            for h in hits[:n_passages]
-        ]
     timing["verify"] = (time.perf_counter() - t) * 1000
     if not kept_lines:
         return Answer(question=query.text, answer="抱歉，没有能通过原文核对的内容可以引用，因此不作回答。", refused=True,
@@ -282,20 +276,6 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
     return Answer(question=query.text, answer=text, refused=False, quotes=verified_quotes, passages=passages,
                   vote=vote, references=references, dropped=dropped, scope=scope)
 
-
-
-_RECORDS: dict[str, dict[int, Passage]] = {}
-
-
-def _record_passages(index: StoredIndex) -> dict[int, Passage]:
-    """Slot -> the card passage listing its candidate records (built once per index)."""
-    key = str(index.build_dir)
-    records = _RECORDS.get(key)
-    if records is None:
-        records = {p.ref_slot: p for p in reversed(index.passages) if p.doc_kind == "reference_card"
-                   and p.ref_slot is not None and p.section_path[-1].startswith("候选文献")}
-        _RECORDS[key] = records
-    return records
 
 
 def reference_notes(index: StoredIndex, quotes: list[Quote], scope: str, asked_slots: tuple[int, ...]) -> list[ReferenceNote]:
@@ -310,7 +290,7 @@ def reference_notes(index: StoredIndex, quotes: list[Quote], scope: str, asked_s
                     slots.append(n)
     notes = []
     for n in slots[:4]:
-        card = _record_passages(index).get(n)
+        card = index.slot_records.get(n)
         if card is None:
             continue
         # The first candidate record, whole: the card's list item without its marker.

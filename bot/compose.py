@@ -70,22 +70,6 @@ class Plan:
     slots: tuple[int, ...] = ()
 
 
-_SLOT_ROWS: dict[str, dict[int, list[int]]] = {}
-
-
-def _slot_rows(index: StoredIndex) -> dict[int, list[int]]:
-    """Slot -> rows of the passages of its card and full texts (built once per index)."""
-    key = str(index.build_dir)
-    rows = _SLOT_ROWS.get(key)
-    if rows is None:
-        rows = {}
-        for i, p in enumerate(index.passages):
-            if p.doc_kind != "consensus" and p.ref_slot is not None:
-                rows.setdefault(p.ref_slot, []).append(i)
-        _SLOT_ROWS[key] = rows
-    return rows
-
-
 def question_slots(query: Query) -> tuple[int, ...]:
     slots = set()
     for m in _SLOT_QUESTION.finditer(query.text):
@@ -168,7 +152,7 @@ def score_sentences(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.
         # Every passage of the reference's own card or full text is a candidate, retrieved or not.
         seen = {h.row for h in top}
         floor = min((h.score for h in top), default=0.0) or min((h.score for h in hits), default=0.0)
-        for row in _slot_rows(index).get(slots[0], []) if len(slots) == 1 and scope == "all" else []:
+        for row in index.slot_rows.get(slots[0], []) if len(slots) == 1 and scope == "all" else []:
             if row not in seen and quotable(index.passages[row]):
                 p = index.passages[row]
                 top.append(Hit(row, p, floor, float(index.passage_vectors[row] @ qvec), 0.0))

@@ -251,6 +251,8 @@ class StoredIndex:
     dense: object  # faiss index
     lexical: object  # bm25s.BM25
     passage_by_id: dict = field(default_factory=dict)  # passage_id -> Passage (verification looks up by id)
+    slot_rows: dict = field(default_factory=dict)  # reference slot -> rows of its card / full-text passages
+    slot_records: dict = field(default_factory=dict)  # reference slot -> its card's candidate-record passage
 
 
 def load_build(index_dir: Path, verify: bool = True) -> StoredIndex:
@@ -291,5 +293,13 @@ def load_build(index_dir: Path, verify: bool = True) -> StoredIndex:
     passage_sentences: list[list[int]] = [[] for _ in passages]
     for j, i in enumerate(sentence_passage):
         passage_sentences[i].append(j)
+    slot_rows: dict[int, list[int]] = {}
+    slot_records: dict[int, Passage] = {}
+    for i, p in enumerate(passages):
+        if p.doc_kind != "consensus" and p.ref_slot is not None:
+            slot_rows.setdefault(p.ref_slot, []).append(i)
+            if p.doc_kind == "reference_card" and p.section_path[-1].startswith("候选文献"):
+                slot_records.setdefault(p.ref_slot, p)
     return StoredIndex(build_dir, manifest, documents, passages, concepts, sentences, sentence_passage,
-                       passage_sentences, pv, sv, dense, lexical, {p.passage_id: p for p in passages})
+                       passage_sentences, pv, sv, dense, lexical, {p.passage_id: p for p in passages},
+                       slot_rows, slot_records)
