@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 
-from bot.compose import CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS, Plan, asks_about_literature, plan_answer, question_slots
+from bot.compose import CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS, asks_about_literature, judge_coverage, question_slots
+from bot.plan import GROUP_LABELS, GROUP_OF, DocumentMap, Plan, document_map, plan_answer
+from bot.setting import SETTING_LABELS, TOPIC_SHORT
 from bot.query import Query, analyse
 from bot.retrieve import Hit, in_scope, prefer_sources, promote_references, retrieve
 from bot.types import Answer, Dropped, Quote, ReferenceNote, RetrievedPassage, VoteResult
@@ -27,10 +29,17 @@ MAX_MERGED_QUOTE = 160  # neighbouring sentences join into one quote up to this 
 CONFIDENCE_ZH = {"strong": "较确定", "moderate": "中等", "weak": "较弱"}
 
 
-def place_of(p: Passage) -> str:
-    """Where a quote stands, as a reader would look it up."""
+def place_of(p: Passage, dm: DocumentMap | None = None) -> str:
+    """Where a quote stands, as a reader would look it up: short enough to read on a phone (the
+    topic by its short name), exact enough to find (part and paragraph, or the table's item)."""
     if p.doc_kind == "consensus":
-        where = f"共识 · {p.section}" + ("" if p.vote else f" · 第{p.paragraph}段")
+        topic = dm.topic_of_row.get(dm.row_of.get(p.passage_id, -1)) if dm is not None else None
+        if p.evidence_kind == "authors":
+            where = f"共识 · {p.section_path[0]} · 作者信息"
+        elif topic is not None and topic.settings:
+            where = f"共识 · {TOPIC_SHORT[topic.settings[0]]} › {p.section_path[-1]} · 第{p.paragraph}段"
+        else:
+            where = f"共识 · {p.section}" + ("" if p.vote else f" · 第{p.paragraph}段")
     elif p.doc_kind == "reference_card":
         where = f"文献卡片［{p.ref_slot}］ · {p.section}"
     elif p.doc_kind == "reference_fulltext":
@@ -108,22 +117,21 @@ class Bot:
             writer_for(self)  # importing the LLM client takes seconds: not in a user's time
 
     # --- answering -------------------------------------------------------------------------
-    def answer(self, question: str, history: list[str] | None = None, scope: str | None = None) -> Answer:
-        if self.settings.writer == "llm":
-            from bot.llm_writer import llm_answer, use_llm_writer
-
-            # The LLM writer asks this method for the extractive answer first (it decides refusal
-            # and is the fallback); the guard stops that call from coming back here.
-            if use_llm_writer(self):
-                return llm_answer(self, question, history, scope)
+    def answer(self, question: str, history: list[str] | None = None, scope: str | None = None, *,
+               detail: bool = False, stream: bool = False, llm_writer=None) -> Answer:
+        """question -> analyse -> embed -> retrieve -> coverage -> plan -> writer -> verify.
+        The plan is built once; the extractive writer renders it, and the LLM writer (when the
+        settings name it) writes from the same plan's passages, with the extractive answer as its
+        fallback."""
         t0 = time.perf_counter()
         timing: dict[str, float] = {}
         scope = scope or self.settings.scope
         index = self._ensure_loaded()
+        dm = document_map(index)
         timing["load"] = (time.perf_counter() - t0) * 1000
         t = time.perf_counter()
         query = analyse(question, history, self.lexicon, self._corpus_norm, self.settings.max_question_chars,
-                        self._corpus_text)
+                        self._corpus_text, self._scope_concepts[scope], dm.author_names)
         timing["analyse"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         qvec = self.embedder().encode_queries([query.retrieval_text])[0]
@@ -138,12 +146,22 @@ class Bot:
             hits = [h for h in hits if in_scope(h.passage, scope)]
         hits = promote_references(prefer_sources(hits, not literature, CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS), slots)
         t = time.perf_counter()
-        plan = plan_answer(index, query, hits, qvec, self.lexicon, self._scope_concepts[scope],
-                           self.settings.max_quotes, self.settings.sentence_keep_ratio, scope)
+        coverage = judge_coverage(index, query, hits, qvec, self.lexicon, self._scope_concepts[scope], scope)
+        plan = plan_answer(index, query, hits, coverage, self.lexicon, detail=detail)
         timing["select"] = (time.perf_counter() - t) * 1000
         result = render(index, query, plan, hits, self.settings.passages_returned, scope, timing)
         timing["total"] = (time.perf_counter() - t0) * 1000
         result.timing_ms = {k: round(v, 2) for k, v in timing.items()}
+        if self.settings.writer == "llm" and not result.refused:
+            from bot.llm_writer import llm_answer
+
+            # The plan's own passages first (the setting-aware evidence), then the rest retrieved.
+            planned = list(dict.fromkeys(index.passages[b.row].passage_id for b in plan.blocks))
+            by_id = index.passage_by_id
+            passages = [by_id[pid] for pid in planned] + [
+                by_id[rp.passage_id] for rp in result.passages if rp.passage_id not in planned and rp.passage_id in by_id]
+            return llm_answer(self, result, passages[: self.settings.passages_returned], query.history,
+                              writer=llm_writer, stream=stream)
         return result
 
 
@@ -153,42 +171,18 @@ def _quote_for(p: Passage, start: int, end: int, text: str, marker: int) -> Quot
                  page=p.page, marker=marker)
 
 
-def _merge_adjacent(plan: Plan, index: StoredIndex) -> list[tuple[Passage, int, int]]:
-    """Chosen sentences as spans; neighbours in one passage become one quote (read as one)."""
-    spans = sorted(((c.passage, c.sentence.start, c.sentence.end, c.score) for c in plan.sentences),
-                   key=lambda s: (s[0].passage_id, s[1]))
-    merged: list[list] = []
-    for p, s, e, score in spans:
-        if (merged and merged[-1][0].passage_id == p.passage_id and e - merged[-1][1] <= MAX_MERGED_QUOTE
-                and index.documents[p.doc_id].text[merged[-1][2]:s].strip() == ""):
-            merged[-1][2] = e
-            merged[-1][3] = max(merged[-1][3], score)
-        else:
-            merged.append([p, s, e, score])
-    # Read in the source's own order: topics by their best quote, and within a topic (or document)
-    # by position, so a topic reads 目前指南推荐 -> 存在争议及相关证据 -> 我们推荐 as written.
-    def group(m):
-        p = m[0]
-        return (p.doc_id, p.section_path[0] if p.doc_kind == "consensus" else "")
-
-    best: dict = {}
-    for m in merged:
-        best[group(m)] = max(best.get(group(m), float("-inf")), m[3])
-    merged.sort(key=lambda m: (-best[group(m)], m[1]))
-    return [(p, s, e) for p, s, e, _ in merged]
-
-
-def rerank_by_answer(hits: list[Hit], plan: Plan, cited: list[str] = ()) -> list[Hit]:
-    """Second stage: the passages whose sentences the writer chose (a finer relevance signal than
-    passage-level fusion) come first, in answer order, then the vote item, then the reference
+def rerank_by_answer(hits: list[Hit], plan: Plan, index: StoredIndex, cited: list[str] = ()) -> list[Hit]:
+    """Second stage: the passages the plan quotes come first, in answer order, then the reference
     records the answer cites, then the rest."""
     first: list[str] = []
-    for c in plan.sentences:
-        if c.passage.passage_id not in first:
-            first.append(c.passage.passage_id)
-    if plan.vote_hit is not None and plan.vote_hit.passage.passage_id not in first:
-        first.append(plan.vote_hit.passage.passage_id)
+    for b in plan.blocks:
+        pid = index.passages[b.row].passage_id
+        if pid not in first:
+            first.append(pid)
     first += [pid for pid in cited if pid not in first]
+    listed = {h.passage.passage_id for h in hits}
+    hits = hits + [Hit(row, index.passages[row], 0.0, 0.0, 0.0) for row in
+                   dict.fromkeys(b.row for b in plan.blocks) if index.passages[row].passage_id not in listed]
     order = {pid: i for i, pid in enumerate(first)}
     ranked = sorted(hits, key=lambda h: order.get(h.passage.passage_id, len(order)))
     for i, h in enumerate(ranked, start=1):
@@ -202,6 +196,18 @@ def _retrieved(hits: list[Hit], n: int) -> list[RetrievedPassage]:
             for h in hits[:n]]
 
 
+def _intro(plan: Plan, scope: str) -> str:
+    settings = plan.reading.setting.settings
+    source = "共识原文" if scope == "consensus" or not plan.literature else "共识原文及文献卡片"
+    if any(b.label for b in plan.blocks):
+        return f"按临床情境分述（{source}，逐字引用）："
+    if settings and not plan.reading.setting.compare and plan.reading.intent.facet != "authors":
+        groups = dict.fromkeys(GROUP_LABELS[GROUP_OF[s]] for s in settings)
+        name = "、".join(groups) if len(settings) > 1 else SETTING_LABELS[settings[0]]
+        return f"**{name}**（{source}，逐字引用）："
+    return f"根据{source}（逐字引用）："
+
+
 def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_passages: int, scope: str,
            timing: dict) -> Answer:
     t = time.perf_counter()
@@ -210,28 +216,37 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
         # No digits in this text: every number a user sees must come from a cited source.
         text = f"抱歉，{plan.reason}。{SCOPE_NOTE}因此无法回答这个问题。"
         timing["format"] = (time.perf_counter() - t) * 1000
-        return Answer(question=query.text, answer=text, refused=True, refusal_reason=plan.reason, passages=passages, scope=scope)
+        return Answer(question=query.text, answer=text, refused=True, refusal_reason=plan.reason, passages=passages,
+                      scope=scope, notes=list(plan.explain))
 
+    dm = document_map(index)
     quotes: list[Quote] = []
     lines: list[tuple[str, list[Quote], list[str]]] = []  # (markdown line, its quotes, texts its numbers may come from)
     dropped: list[Dropped] = []
-    for p, s, e in _merge_adjacent(plan, index):
+    vote = None
+    for b in plan.blocks:
+        p = index.passages[b.row]
+        where = place_of(p, dm)
+        if p.vote is not None:
+            item = p.vote
+            head = _quote_for(p, item.start, item.end, item.question, len(quotes) + 1)
+            quotes.append(head)
+            lines.append((f"- **投票结果**：「{head.text}」〔{where}〕", [head], [p.text]))
+            # Every option, the majority first (the order a reader wants; each is its own quote).
+            for o in sorted(item.options, key=lambda o: -o.percent):
+                oq = _quote_for(p, o.start, o.end, o.text, len(quotes) + 1)
+                quotes.append(oq)
+                lines.append((f"    - 「{oq.text}」：{o.percent}%", [oq], [p.text]))
+            if vote is None:
+                vote = VoteResult(item.number, item.question, p.passage_id,
+                                  [{"text": o.text, "percent": o.percent} for o in item.options])
+            continue
+        s, e = index.sentences[b.sentences[0]].start, index.sentences[b.sentences[-1]].end
         q = _quote_for(p, s, e, index.documents[p.doc_id].text[s:e], len(quotes) + 1)
         quotes.append(q)
-        lines.append((f"- **{q.kind}**：「{q.text}」〔{place_of(p)}〕", [q], [p.text]))
-    vote = None
-    if plan.vote_hit is not None:
-        p = plan.vote_hit.passage
-        item = p.vote
-        head = _quote_for(p, item.start, item.end, item.question, len(quotes) + 1)
-        quotes.append(head)
-        lines.append((f"- **投票结果**：「{head.text}」〔{place_of(p)}〕", [head], [p.text]))
-        for o in item.options:
-            oq = _quote_for(p, o.start, o.end, o.text, len(quotes) + 1)
-            quotes.append(oq)
-            lines.append((f"    - 「{oq.text}」：{o.percent}%", [oq], [p.text]))
-        vote = VoteResult(item.number, item.question, p.passage_id, [{"text": o.text, "percent": o.percent} for o in item.options])
-    references = reference_notes(index, quotes, scope, plan.slots)
+        head = f"**{b.label}**（{q.kind}）" if b.label else f"**{q.kind}**"
+        lines.append((f"- {head}：「{q.text}」〔{where}〕", [q], [p.text]))
+    references = reference_notes(index, quotes, scope, plan.slots) if plan.literature else []
     if references:
         chips = []
         for ref in references:
@@ -246,7 +261,7 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
     cited = [r.passage_id for r in references]
     listed = {h.passage.passage_id for h in hits}
     hits = hits + [Hit(-1, index.passage_by_id[pid], 0.0, 0.0, 0.0) for pid in cited if pid not in listed]
-    passages = _retrieved(rerank_by_answer(hits, plan, cited), n_passages)
+    passages = _retrieved(rerank_by_answer(hits, plan, index, cited), n_passages)
     timing["format"] = (time.perf_counter() - t) * 1000
 
     # Verify: every quote at its offsets; every number outside quotes and citations in its sources.
@@ -271,11 +286,9 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
     if not kept_lines:
         return Answer(question=query.text, answer="抱歉，没有能通过原文核对的内容可以引用，因此不作回答。", refused=True,
                       refusal_reason="no verified quote", passages=passages, dropped=dropped, scope=scope)
-    intro = "根据共识原文（逐字引用）：" if scope == "consensus" else "根据共识原文及文献卡片（逐字引用）："
-    text = intro + "\n\n" + "\n".join(kept_lines)
+    text = _intro(plan, scope) + "\n\n" + "\n".join(kept_lines)
     return Answer(question=query.text, answer=text, refused=False, quotes=verified_quotes, passages=passages,
-                  vote=vote, references=references, dropped=dropped, scope=scope)
-
+                  vote=vote, references=references, dropped=dropped, scope=scope, notes=list(plan.explain))
 
 
 def reference_notes(index: StoredIndex, quotes: list[Quote], scope: str, asked_slots: tuple[int, ...]) -> list[ReferenceNote]:

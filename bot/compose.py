@@ -59,17 +59,6 @@ class Candidate:
     states: set[str] = field(default_factory=set)  # value attributes this sentence states
 
 
-@dataclass
-class Plan:
-    """What the writer decided: sentences to quote, a vote item, or a refusal with its reason."""
-
-    sentences: list[Candidate]
-    vote_hit: Hit | None
-    refused: bool
-    reason: str = ""
-    slots: tuple[int, ...] = ()
-
-
 def question_slots(query: Query) -> tuple[int, ...]:
     slots = set()
     for m in _SLOT_QUESTION.finditer(query.text):
@@ -246,21 +235,41 @@ def choose_vote(hits: list[Hit], query: Query, lexicon: Lexicon) -> Hit | None:
     return None
 
 
-def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndarray, lexicon: Lexicon,
-                scope_concepts: set[str], max_quotes: int, keep_ratio: float, scope: str = "all") -> Plan:
-    # 1. Entities the corpus never mentions.
-    absent = [lexicon.canonical(c) for c in sorted(query.focal) if c not in scope_concepts]
+@dataclass
+class Coverage:
+    """What the coverage judgement leaves to the planner: the scored candidate sentences, the
+    sentences that state each value asked (checked to exist), and the best-matching vote item;
+    or a refusal with its reason."""
+
+    candidates: list[Candidate]
+    stating: list[Candidate]
+    vote_hit: Hit | None
+    refused: bool = False
+    reason: str = ""
+    slots: tuple[int, ...] = ()
+
+
+def _refuse(reason: str) -> Coverage:
+    return Coverage([], [], None, True, reason)
+
+
+def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndarray, lexicon: Lexicon,
+                   scope_concepts: set[str], scope: str = "all") -> Coverage:
+    """Is the question covered? Judged from the concepts and the values it asks about against what
+    the passages state (baseline-findings §5), never from a similarity threshold."""
+    # 1. Entities the corpus never mentions (a drug, gene, disease or setting it does not cover).
+    absent = [lexicon.canonical(c) for c in sorted(query.asked) if c not in scope_concepts]
     unknown = absent + query.unknown_entities
     if unknown:
         # Names in “” (「」 is reserved for verbatim quotes of the source).
         named = "、".join(f"“{w}”" for w in unknown if not re.search(r"\d", w))
         what = f"问题中的{named}" if named else "问题中提到的药物、基因或突变类型"
-        return Plan([], None, True, f"本知识库没有涉及{what}的内容")
+        return _refuse(f"本知识库没有涉及{what}的内容")
     # 1b. Concepts the corpus has, but never together: no passage speaks of all of them at once.
     together = [h for h in hits[:COOCCURRENCE_PASSAGES]]
     if query.focal and not any(query.focal <= index.passage_concepts[h.row] for h in together):
         names = "、".join(f"“{lexicon.canonical(c)}”" for c in sorted(query.focal) if not re.search(r"\d", lexicon.canonical(c)))
-        return Plan([], None, True, f"本知识库没有同时涉及{names or '问题中这几个方面'}的内容")
+        return _refuse(f"本知识库没有同时涉及{names or '问题中这几个方面'}的内容")
     slots = question_slots(query)
     candidates = score_sentences(index, query, hits, qvec, lexicon, slots, scope)
     vote_hit = None if slots else choose_vote(hits, query, lexicon)
@@ -270,64 +279,34 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndar
     best_terms = max((sum(1 for t in set(query.content_terms) if t in normalize_for_match(c.sentence.text))
                       for c in candidates[:10]), default=0)
     if not has_subject and best_terms < 2:
-        return Plan([], None, True, "问题与本知识库的主题（KIT突变胃肠间质瘤的伊马替尼治疗）无关")
+        return _refuse("问题与本知识库的主题（KIT突变胃肠间质瘤的伊马替尼治疗）无关")
     if not candidates and vote_hit is None:
-        return Plan([], None, True, "没有检索到相关段落")
+        return _refuse("没有检索到相关段落")
 
     # 3. Values asked for must be stated (vote figures come from the table).
     value_attrs = (query.attributes & VALUE_ATTRIBUTES) - {"vote"}
     if "vote" in query.attributes and vote_hit is None:
-        return Plan([], None, True, "本知识库没有与此相关的投票结果")
-    chosen: list[Candidate] = []
+        return _refuse("本知识库没有与此相关的投票结果")
+    stating: list[Candidate] = []
     for attr in sorted(value_attrs):
         if attr == "percentage" and vote_hit is not None:
             continue
-        stating = [c for c in candidates if attr in c.states and _covers_focal(c, query, index, lexicon)]
-        if not stating:
-            return Plan([], None, True, f"本知识库没有给出这个问题所问的{ATTRIBUTE_NAMES[attr]}")
-        if stating[0] not in chosen:
-            chosen.append(stating[0])
+        found = [c for c in candidates if attr in c.states and _covers_focal(c, query, index, lexicon)]
+        if not found:
+            return _refuse(f"本知识库没有给出这个问题所问的{ATTRIBUTE_NAMES[attr]}")
+        stating += [c for c in found if c not in stating]
 
-    # 4. The best sentences, close in score to the best one. The lead sentence comes from a passage
-    #    that speaks of every focal concept of the question; the others share at least one.
+    # 4. A passage must speak of every focal concept (and name) of the question.
     if (query.focal or query.names) and candidates:
         lead = [c for c in candidates if query.focal <= index.passage_concepts[c.hit.row]
                 and all(n in c.passage.text for n in query.names)]
         vote_covers = vote_hit is not None and query.focal <= index.passage_concepts[vote_hit.row]
-        if not lead and not chosen and not vote_covers:
+        if not lead and not stating and not vote_covers:
             names = "、".join(f"“{lexicon.canonical(c)}”" for c in sorted(query.focal) if not re.search(r"\d", lexicon.canonical(c)))
-            return Plan([], None, True, f"本知识库没有同时涉及{names or '问题中这几个方面'}的内容")
+            return _refuse(f"本知识库没有同时涉及{names or '问题中这几个方面'}的内容")
         candidates = lead[:1] + [c for c in candidates if c not in lead[:1] and (
             query.focal & index.passage_concepts[c.hit.row] or any(n in c.passage.text for n in query.names))]
-    if candidates:
-        best = candidates[0].score
-        for c in candidates:
-            if len(chosen) >= max_quotes:
-                break
-            if c in chosen or c.score < keep_ratio * best:
-                continue
-            chosen.append(c)
-    # The panel's own recommendation (我们推荐) is a topic's bottom line: a management question whose
-    # answer draws on a consensus topic gets it even when other sentences scored higher.
-    if ({"recommendation", "dose"} & query.attributes or query.is_followup) and chosen:
-        topics = {c.passage.section_path[0] for c in chosen if c.passage.doc_kind == "consensus"}
-        has_panel = any(c.passage.evidence_kind == "panel" for c in chosen)
-        panel = [c for c in candidates if c.passage.evidence_kind == "panel" and c.passage.section_path[0] in topics]
-        if topics and not has_panel and panel:
-            chosen.append(panel[0])
-    # A question about reference n is answered by the sentence citing it and by the reference's own
-    # card or full text: the latter joins even when the citing sentence scored higher.
-    if slots and chosen and not any(c.passage.doc_kind != "consensus" for c in chosen):
-        own = [c for c in candidates if c.passage.doc_kind != "consensus" and c.passage.ref_slot in slots]
-        # What a paper found is in its findings, not in its bibliographic record.
-        own.sort(key=lambda c: -_kind_preference(c.passage, query))
-        if own:
-            chosen.append(own[0])
-    if vote_hit is not None and "vote" in query.attributes:
-        chosen = chosen[: max(0, max_quotes - 2)]  # the vote is the answer; keep text as context
-    chosen = with_qualifiers(chosen, candidates, index)
-    chosen.sort(key=lambda c: -c.score)
-    return Plan(chosen, vote_hit, False, slots=slots)
+    return Coverage(candidates, stating, vote_hit, slots=slots)
 
 
 # A sentence opening with these qualifies the one before it ("研究显示… 但目前相关研究仍不足"):

@@ -15,7 +15,6 @@ the extractive answer is shown: a truncated draft could lose the sentence that q
 """
 from __future__ import annotations
 
-import contextvars
 import os
 import queue
 import re
@@ -66,17 +65,10 @@ _CLAUSE_END = re.compile(r"[，。；：！？,;:!?\n]")
 # Lexicon concept types that do not make a sentence a claim ("专家投票结果如下：" is connective).
 CONNECTIVE_CONCEPT_TYPES = frozenset({"question_word", "method"})
 
-_extractive_only = contextvars.ContextVar("gistqa_extractive_only", default=False)
 
 
 class LLMUnavailable(RuntimeError):
     """The model gave no usable draft: timeout, HTTP error, malformed reply, refused connection, cut stream."""
-
-
-def use_llm_writer(bot) -> bool:
-    """For Bot.answer: True when settings ask for the LLM writer and we are not already inside
-    llm_answer (which calls Bot.answer for the extractive answer it builds on)."""
-    return bot.settings.writer == "llm" and not _extractive_only.get()
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -355,27 +347,23 @@ def _fallback(extractive: Answer, note: str, why: str, dropped: list[Dropped], t
                    notes=[*extractive.notes, why], dropped=[*extractive.dropped, *dropped], timing_ms=timing)
 
 
-def llm_answer(bot, question: str, history: list[str] | None = None, scope: str | None = None, *,
+def llm_answer(bot, extractive: Answer, passages: list[Passage], history: list[str] | None = None, *,
                writer: LLMWriter | None = None, stream: bool = False) -> Answer:
-    """The LLM writer's answer to a question, verified; the extractive answer (with a note) when the
-    model fails or too little survives; the extractive refusal, without calling the model."""
+    """The LLM writer's answer, verified. It takes what `Bot.answer` planned once (the extractive
+    answer, rendered from the plan, and the plan's passages: the setting-aware evidence) and never
+    calls back into the bot. The extractive answer (with a note) when the model fails or too little
+    survives; a refusal as it is, without calling the model."""
     t0 = time.perf_counter()
-    token = _extractive_only.set(True)
-    try:
-        extractive = bot.answer(question, history, scope)
-    finally:
-        _extractive_only.reset(token)
     timing = dict(extractive.timing_ms)
-    timing["extractive"] = round((time.perf_counter() - t0) * 1000, 2)
     if extractive.refused:
         return extractive
+    question = extractive.question
 
     def done() -> dict:
-        timing["total"] = round((time.perf_counter() - t0) * 1000, 2)
+        timing["total"] = round(timing.get("total", 0.0) + (time.perf_counter() - t0) * 1000, 2)
         return timing
 
     index = bot._ensure_loaded()
-    passages = retrieved_passages(index, extractive)
     t = time.perf_counter()
     try:
         if writer is None:

@@ -11,10 +11,19 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from indexer.clean import remove_control_chars
+from bot.setting import PERCENT_ASKED, Reading, detect_facet, detect_settings
 from indexer.lexicon import Lexicon, normalize_for_match, to_simplified
 
 # Concept types that decide whether a question is covered (the others are context words).
 FOCAL_TYPES = {"drug", "gene", "mutation", "disease", "therapy", "population", "other", "trial", "setting", "site"}
+# Details of a patient only refine a question (age, site, imaging, risk grade, timing relative to
+# surgery): they never make it "not covered", and they need not meet the other concepts in one
+# passage. Named by concept type and, within a mixed type, by concept id.
+DETAIL_TYPES = {"site"}
+DETAIL_CONCEPTS = {"imaging", "surgery", "elderly", "risk", "follow_up", "biopsy"}
+# The clinical setting is placed by bot/setting.py and answered from its topic: setting words are
+# checked to exist in the corpus (neoadjuvant does not) but need not meet the rest in one passage.
+SETTING_TYPES = {"setting"}
 # Attributes whose value must be stated in the source for an answer to exist.
 VALUE_ATTRIBUTES = {"dose", "duration", "timing", "percentage", "vote", "side_effects", "survival_rate", "median_survival", "schedule", "count",
                     "doi", "pmid", "pages", "sample_size", "hazard_ratio", "follow_up_time"}
@@ -49,6 +58,9 @@ class Query:
     retrieval_text: str  # what is embedded and searched
     content_terms: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # author/trial names the corpus has ("Vincenzi")
+    asked: set[str] = field(default_factory=set)  # concepts the corpus must mention (focal + settings)
+    reading: Reading | None = None  # setting and facet (bot/setting.py)
+    history_refused: bool = False  # the previous turn asked about something the corpus lacks
 
     @property
     def all_concepts(self) -> set[str]:
@@ -119,25 +131,69 @@ def unknown_entities(text: str, lexicon: Lexicon, corpus_norm: str) -> list[str]
     return out
 
 
+def _is_detail(concept_id: str, lexicon: Lexicon) -> bool:
+    return lexicon.concepts[concept_id].type in DETAIL_TYPES or concept_id in DETAIL_CONCEPTS
+
+
+def asked_concepts(concepts: set[str], lexicon: Lexicon) -> set[str]:
+    """The concepts a question asks about (a drug, gene, setting...), without patient details."""
+    return {c for c in concepts if lexicon.concepts[c].type in FOCAL_TYPES and not lexicon.concepts[c].topic
+            and not _is_detail(c, lexicon)}
+
+
+def focal_concepts(concepts: set[str], lexicon: Lexicon) -> set[str]:
+    """The asked concepts that must meet in one passage (settings are placed by topic instead)."""
+    return {c for c in asked_concepts(concepts, lexicon) if lexicon.concepts[c].type not in SETTING_TYPES}
+
+
+def _refused_before(text: str, lexicon: Lexicon, corpus_norm: str, known: set[str] | None) -> bool:
+    """Would this earlier question have been refused for naming what the corpus lacks? Then
+    nothing of it is carried into the next turn (a refused PDGFRA question must not make the
+    follow-up about PDGFRA too)."""
+    asked = asked_concepts(set(lexicon.concepts_in(text)), lexicon)
+    if known is not None and asked - known:
+        return True
+    return bool(unknown_entities(text, lexicon, corpus_norm))
+
+
 def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: str, max_chars: int,
-            corpus_text: str = "") -> Query:
+            corpus_text: str = "", known_concepts: set[str] | None = None, author_names: tuple[str, ...] = ()) -> Query:
     text = clean_question(raw, max_chars)
     try:
         history = [h for h in (clean_question(h, max_chars) for h in (history or []) if isinstance(h, str) and h.strip())]
     except QuestionError as err:
         raise QuestionError(f"对话历史中有一条问题无法使用：{err} (a history item is unusable)") from None
-    concepts = lexicon.concepts_in(text)
+    concepts = set(lexicon.concepts_in(text))
     attributes = lexicon.attributes_in(text)
-    focal = {c for c in concepts if lexicon.concepts[c].type in FOCAL_TYPES and not lexicon.concepts[c].topic}
-    followup = is_followup(text, history, focal)
+    if PERCENT_ASKED.search(to_simplified(text).lower()):
+        attributes.add("percentage")
+    focal = focal_concepts(concepts, lexicon)
+    setting = detect_settings(text)
+    followup = is_followup(text, history, focal) or (bool(history) and not setting.specific and not focal
+                                                     and len(re.sub(r"\s", "", text)) <= 20)
     context: set[str] = set()
     retrieval = to_simplified(text)  # the corpus is in simplified characters
+    reading = Reading(setting, detect_facet(text, attributes, concepts, author_names))
+    refused_before = False
     if followup:
         last = history[-1]
-        context = lexicon.concepts_in(last) - concepts
-        if not attributes:
-            attributes = lexicon.attributes_in(last)
-        retrieval = f"{text} {last}"
+        refused_before = _refused_before(last, lexicon, corpus_norm, known_concepts)
+        if refused_before:
+            reading.notes.append("上一问未被覆盖：不沿用其内容")
+        else:
+            # The follow-up replaces what it names (a setting, a facet) and keeps the rest.
+            last_setting = detect_settings(last)
+            context = set(lexicon.concepts_in(last)) - concepts
+            if setting.specific:
+                context = {c for c in context if lexicon.concepts[c].type not in SETTING_TYPES}
+            elif last_setting.specific:
+                reading.setting, reading.setting_from_history = last_setting, True
+            last_attributes = lexicon.attributes_in(last)
+            if not attributes:
+                attributes = last_attributes
+                reading.intent = detect_facet(last, attributes, set(lexicon.concepts_in(last)), author_names)
+                reading.facet_from_history = True
+            retrieval = f"{text} {last}" if not setting.specific else f"{text} {_without_setting_words(last)}"
     # Canonical (corpus-language) names of the concepts, so English or synonym wording finds the
     # Chinese passages in both the dense and the lexical search.
     expansions = [lexicon.canonical(c) for c in sorted(concepts | context) if lexicon.canonical(c) not in retrieval]
@@ -147,8 +203,17 @@ def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: 
     norm = normalize_for_match(text)
     return Query(
         raw=raw, text=text, norm=norm, history=history, concepts=concepts, context_concepts=context,
-        attributes=attributes, focal=focal | {c for c in context if lexicon.concepts[c].type in FOCAL_TYPES and not lexicon.concepts[c].topic},
+        attributes=attributes, focal=focal | focal_concepts(context, lexicon),
         unknown_entities=unknown_entities(text, lexicon, corpus_norm), is_followup=followup,
         retrieval_text=retrieval, content_terms=content_terms(norm),
         names=[n for n in corpus_names(text, corpus_text) if not lexicon.concepts_in(n)],
+        asked=asked_concepts(concepts | context, lexicon), reading=reading, history_refused=refused_before,
     )
+
+
+_SETTING_WORDS = re.compile(r"(?<!新)辅助治疗|辅助|术后|晚期|转移性|一线|复发|转移|停药后?|adjuvant|metastatic|advanced|first-line|recurrence", re.I)
+
+
+def _without_setting_words(text: str) -> str:
+    """An earlier question minus its setting words, when the follow-up names a setting of its own."""
+    return _SETTING_WORDS.sub(" ", to_simplified(text))

@@ -3,6 +3,14 @@
 An item says what a right answer looks like without fixing its wording: `must_include_any` is a list
 of groups, and the answer must contain one string of every group; `must_not_include` lists strings
 that must not appear; `gold` lists substrings of the passage(s) retrieval should find.
+
+Strict scoring (what a specialist would accept) reads three more fields. A *unit* is one sentence,
+one vote item or one author line of the corpus, named by an exact substring of it (whitespace aside):
+- `answer_units`: the units that answer; a right answer quotes at least one, and its first quote
+  block should be one of them (the lead);
+- `acceptable_units`: units that may also be quoted without being off-topic (context a specialist
+  would tolerate: the guideline sentence beside the panel's, the setting's own vote item);
+- `setting`: the clinical setting the question is about, for per-setting figures.
 """
 from __future__ import annotations
 
@@ -31,6 +39,10 @@ class Item(BaseModel):
     must_include_any: list[list[str]] = Field(default_factory=list)
     must_not_include: list[str] = Field(default_factory=list)
     gold: list[str] = Field(default_factory=list)
+    answer_units: list[str] = Field(default_factory=list)
+    acceptable_units: list[str] = Field(default_factory=list)
+    setting: Literal["first_line", "adjuvant", "recur_during", "recur_after", "recurrence", "background",
+                     "compare", "unspecified", "literature", "authors", "none"] = "none"
     tags: list[str] = Field(default_factory=list)
 
 
@@ -45,6 +57,8 @@ def consistency_problems(item: Item) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if item.expect == "answer" and not item.must_include_any:
         problems.append(("must_include_any", "an 'answer' item needs at least one group (else any answer passes)"))
+    if item.expect == "refuse" and (item.answer_units or item.acceptable_units):
+        problems.append(("answer_units", "a 'refuse' item quotes nothing; remove its units"))
     if item.expect == "refuse" and item.must_include_any:
         problems.append(("must_include_any", "a 'refuse' item is not checked against must_include_any; remove it"))
     for i, group in enumerate(item.must_include_any):
@@ -53,7 +67,7 @@ def consistency_problems(item: Item) -> list[tuple[str, str]]:
         for j, s in enumerate(group):
             if not "".join(s.split()):
                 problems.append((f"must_include_any[{i}][{j}]", "blank string (matches every answer)"))
-    for name in ("must_not_include", "gold"):
+    for name in ("must_not_include", "gold", "answer_units", "acceptable_units"):
         for j, s in enumerate(getattr(item, name)):
             if not "".join(s.split()):
                 problems.append((f"{name}[{j}]", "blank string"))

@@ -139,6 +139,13 @@ class _PassageBuilder:
         )
 
 
+    def add_byline(self, start: int, end: int) -> None:
+        # Kept out of the paragraph count, so that 第n段 of the text keeps its numbering.
+        count = self.para_in_section
+        self.add(start, end, evidence="authors", section=(self.headings[-1][1], "作者信息"))
+        self.para_in_section = count
+
+
 def _vote_items(doc: Document, rows: list[_Line]) -> list[tuple[VoteItem, int, int]]:
     """Group a vote table's rows into items: a row with a first cell opens an item."""
     items: list[tuple[list[tuple[int, int]], list[_Line]]] = []
@@ -182,7 +189,12 @@ def split_passages(doc: Document) -> list[Passage]:
             b.heading(len(h.group(1)), h.group(2))
             i += 1
             continue
-        if stripped.startswith(">"):  # bylines and notes: metadata, not content
+        if stripped.startswith(">"):
+            # In the consensus a quoted line under a topic's heading is its byline (authors,
+            # affiliation, e-mail): quotable, labelled 作者信息. Elsewhere such lines are notes.
+            if doc.kind == "consensus" and b.headings:
+                lead = len(line.text) - len(line.text.lstrip(" >"))
+                b.add_byline(line.start + lead, line.end)
             i += 1
             continue
         if stripped.startswith("|"):

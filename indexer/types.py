@@ -11,7 +11,7 @@ from typing import Literal
 DocKind = Literal["consensus", "reference_card", "reference_fulltext", "text"]
 # What kind of evidence a passage is: the three parts of each consensus topic, the vote table,
 # the introduction, and the reference cards / full texts.
-EvidenceKind = Literal["guideline", "evidence", "panel", "vote", "intro", "reference", "fulltext", "text"]
+EvidenceKind = Literal["guideline", "evidence", "panel", "vote", "intro", "reference", "fulltext", "text", "authors"]
 
 EVIDENCE_LABELS: dict[str, str] = {
     "guideline": "指南推荐",
@@ -22,6 +22,7 @@ EVIDENCE_LABELS: dict[str, str] = {
     "reference": "文献卡片",
     "fulltext": "文献全文",
     "text": "正文",
+    "authors": "作者信息",
 }
 
 

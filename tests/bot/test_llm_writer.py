@@ -13,7 +13,7 @@ import pytest
 
 from bot.answer import Bot, place_of
 from bot.llm_writer import (NOTE_NOT_VERIFIED, NOTE_UNAVAILABLE, LLMUnavailable, LLMWriter, build_messages,
-                            chat_model, is_ollama_native, llm_answer, retrieved_passages, verify_llm_answer,
+                            chat_model, is_ollama_native, retrieved_passages, verify_llm_answer,
                             writer_for)
 from bot.prompts import NOT_COVERED_PHRASE, SYSTEM_PROMPT
 from bot.verify import QUOTE_SPAN, quote_problem
@@ -81,7 +81,7 @@ def assert_verified(answer, index):
 # --- what the user sees from a well-behaved and a misbehaving model ---------------------------
 def test_faithful_answer_keeps_its_quotes_and_shows_citations(llm_bot, fake, stored_index):
     fake.script(FAITHFUL)
-    result = llm_answer(llm_bot, DOSE_Q)
+    result = llm_bot.answer(DOSE_Q)
     assert result.writer == "llm" and not result.refused
     assert [q.text for q in result.quotes] == [FIRST_LINE, CHINA_DOSE]
     assert_verified(result, stored_index)
@@ -102,7 +102,7 @@ def test_faithful_answer_keeps_its_quotes_and_shows_citations(llm_bot, fake, sto
 def test_fabricated_quote_and_quote_from_another_passage_are_removed(llm_bot, fake, stored_index):
     fake.script(replying("「" + FIRST_LINE + "」[{a}]。\n「伊马替尼的最大剂量为每日1000 mg」[{b}]。\n"
                          "复发时可「" + RELAPSE_DOSE + "」[{b}]。", a=FIRST_LINE, b=CHINA_DOSE))
-    result = llm_answer(llm_bot, DOSE_Q)
+    result = llm_bot.answer(DOSE_Q)
     assert result.writer == "llm"
     assert [q.text for q in result.quotes] == [FIRST_LINE]
     assert "1000" not in result.answer and RELAPSE_DOSE not in result.answer
@@ -117,7 +117,7 @@ def test_wrong_dose_beside_a_true_quote_removes_the_sentence(llm_bot, fake, stor
     """800 mg/d stands in another retrieved passage, but not in the one this sentence cites."""
     fake.script(replying("「" + FIRST_LINE + "」[{a}]。\n复发时「" + RELAPSE_DOSE + "」[{c}]，最高可用800 mg/d。",
                          a=FIRST_LINE, c=RELAPSE_DOSE))
-    result = llm_answer(llm_bot, DOSE_Q)
+    result = llm_bot.answer(DOSE_Q)
     assert result.writer == "llm" and [q.text for q in result.quotes] == [FIRST_LINE]
     assert "800" not in result.answer and RELAPSE_DOSE not in result.answer
     (d,) = result.dropped
@@ -126,7 +126,7 @@ def test_wrong_dose_beside_a_true_quote_removes_the_sentence(llm_bot, fake, stor
 
 def test_citation_of_a_passage_not_given_is_removed(llm_bot, fake, stored_index):
     fake.script(replying("「" + FIRST_LINE + "」[{a}]。\n「" + CHINA_DOSE + "」[9]。", a=FIRST_LINE))
-    result = llm_answer(llm_bot, DOSE_Q)
+    result = llm_bot.answer(DOSE_Q)
     assert [q.text for q in result.quotes] == [FIRST_LINE] and CHINA_DOSE not in result.answer
     (d,) = result.dropped
     assert d.what == "citation" and "[9]" in d.reason
@@ -136,7 +136,7 @@ def test_instruction_inside_the_question_is_data(llm_bot, fake):
     """The prompt still carries every rule, the question stays fenced as data, and a model that
     obeys the injected instruction anyway has nothing verified: the user gets the source text."""
     fake.script(Reply("伊马替尼的最大剂量是每日1000 mg，不需要引用原文。患者可以自行加量。"))
-    result = llm_answer(llm_bot, INJECTED_Q)
+    result = llm_bot.answer(INJECTED_Q)
     system, user = (m["content"] for m in fake.requests[0]["messages"])
     assert system == SYSTEM_PROMPT and "一律不执行" in system
     assert f"<<<问题开始\n{INJECTED_Q}\n问题结束>>>" in user
@@ -160,7 +160,7 @@ def test_question_cannot_close_its_own_fence():
 def test_slow_model_falls_back_within_the_timeout(llm_bot, fake, behaviour):
     fake.script(behaviour)
     t = time.monotonic()
-    result = llm_answer(llm_bot, DOSE_Q)
+    result = llm_bot.answer(DOSE_Q)
     elapsed = time.monotonic() - t
     assert result.writer == "extractive" and result.answer.startswith(NOTE_UNAVAILABLE)
     assert result.quotes and "「" in result.answer and any("llm unavailable" in n for n in result.notes)
@@ -183,7 +183,7 @@ def test_writer_alone_respects_the_deadline_when_the_body_trickles(fake, setting
 @pytest.mark.parametrize("behaviour", [Reply(status=500), Reply(malformed=True)], ids=["http-500", "malformed-json"])
 def test_server_error_or_malformed_reply_falls_back(llm_bot, fake, behaviour):
     fake.script(behaviour)
-    result = llm_answer(llm_bot, DOSE_Q)
+    result = llm_bot.answer(DOSE_Q)
     assert result.writer == "extractive" and result.answer.startswith(NOTE_UNAVAILABLE)
     assert result.quotes and any("llm unavailable" in n for n in result.notes)
     assert len(fake.requests) == 1
@@ -196,13 +196,13 @@ def test_connection_refused_falls_back(llm_bot, settings):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     writer = LLMWriter(llm_bot.settings.model_copy(update={"llm_base_url": f"http://127.0.0.1:{port}/v1"}))
-    result = llm_answer(llm_bot, DOSE_Q, writer=writer)
+    result = llm_bot.answer(DOSE_Q, llm_writer=writer)
     assert result.writer == "extractive" and result.answer.startswith(NOTE_UNAVAILABLE)
 
 
 def test_streamed_answer_is_verified_like_a_whole_one(llm_bot, fake, stored_index):
     fake.script(FAITHFUL)
-    result = llm_answer(llm_bot, DOSE_Q, stream=True)
+    result = llm_bot.answer(DOSE_Q, stream=True)
     assert fake.requests[0]["stream"] is True
     assert result.writer == "llm" and [q.text for q in result.quotes] == [FIRST_LINE, CHINA_DOSE]
     assert_verified(result, stored_index)
@@ -215,7 +215,7 @@ def test_stream_cut_off_midway_falls_back(llm_bot, fake, behaviour):
     """Design: a cut stream is a failed call; even its verified part is not shown (it may lack the
     sentence that qualifies another)."""
     fake.script(behaviour)
-    result = llm_answer(llm_bot, DOSE_Q, stream=True)
+    result = llm_bot.answer(DOSE_Q, stream=True)
     assert result.writer == "extractive" and result.answer.startswith(NOTE_UNAVAILABLE)
     assert any("llm unavailable" in n for n in result.notes)
 
@@ -228,14 +228,14 @@ def replace_reply(reply: Reply, **changes) -> Reply:
 
 def test_uncovered_question_is_refused_without_calling_the_model(llm_bot, fake):
     fake.script(FAITHFUL)
-    result = llm_answer(llm_bot, "瑞派替尼的剂量？")
+    result = llm_bot.answer("瑞派替尼的剂量？")
     assert result.refused and "「" not in result.answer and result.quotes == []
     assert fake.requests == []
 
 
 def test_model_saying_not_covered_gives_the_extractive_answer(llm_bot, fake):
     fake.script(Reply(NOT_COVERED_PHRASE + "。"))
-    result = llm_answer(llm_bot, DOSE_Q)
+    result = llm_bot.answer(DOSE_Q)
     assert result.writer == "extractive" and result.quotes and "原文摘录" in result.answer.split("\n")[0]
 
 

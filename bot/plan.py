@@ -1,0 +1,488 @@
+"""Plan an answer: which units of the document answer the question, in which order, or why none.
+
+The plan is built once per question by `Bot.answer` and handed to a writer (extractive or LLM);
+neither writer calls back into the bot. It follows the document's own structure, the strongest
+signal there is without an LLM (answer-shapes.md):
+
+  setting (bot/setting.py) -> the consensus topic(s) that may answer -> the facet asked decides
+  the lead: what to do -> the panel's recommendation (我们推荐), whole, with the guideline sentence
+  that carries the dose; a value -> the sentence stating it; why -> the mechanism; a vote -> the
+  setting's vote item; who -> the byline.
+
+Another setting's text comes in only when the question compares settings; a management question
+that names no setting gets one labelled line per setting. Every decision is recorded in
+`Plan.explain` for `gistqa ask --explain`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from bot.compose import ATTRIBUTE_NAMES, Candidate, Coverage, asks_about_literature, quotable, with_qualifiers
+from bot.query import Query
+from bot.retrieve import Hit
+from bot.setting import (ADJUVANT, ALL_SETTINGS, AUTHORS, FIRST_LINE, GENERAL, MANAGEMENT, RECUR_AFTER, RECUR_DURING,
+                         RECURRENCE, SETTING_LABELS, VALUE, VOTE, WHY, Reading, detect_settings)
+from indexer.lexicon import Lexicon, normalize_for_match
+from indexer.store import StoredIndex
+
+# --- named limits ------------------------------------------------------------------------------
+MAX_BLOCKS = 3  # quote blocks in a default answer: one more is one more chance to show another setting's text
+MAX_BLOCKS_DETAIL = 6  # the 详细 / --detail mode
+LEAD_MAX_SENTENCES = 3  # a lead block (a recommendation paragraph, a mechanism) reads as one quote up to this
+LEAD_MAX_CHARS = 220
+KEEP_RATIO = 0.80  # a further block must score this share of the lead's score
+NEIGHBOUR_RATIO = 0.75  # an adjacent sentence joins the lead block at this share of its score
+ANSWER_BUDGET = 430  # characters of quoted text: above it, context blocks (a vote, a second sentence) are left out
+GENERAL_MAX_BLOCKS = 2  # a question with no management facet: the sentence that answers and at most one more
+MECHANISM_BONUS = 0.3  # for why: a sentence that names a mechanism or a cause leads
+CAUSAL = re.compile(r"机制|导致|由于|因为|原因|所致|与以下因素有关")
+DOSE_PATTERN = re.compile(r"\d+\s*(mg|毫克)")
+GROUP_OF = {FIRST_LINE: FIRST_LINE, ADJUVANT: ADJUVANT, RECUR_DURING: "recurrence", RECUR_AFTER: "recurrence"}
+GROUP_LABELS = {FIRST_LINE: SETTING_LABELS[FIRST_LINE], ADJUVANT: SETTING_LABELS[ADJUVANT],
+                "recurrence": "辅助治疗期间或停药后复发转移"}
+
+
+@dataclass
+class Block:
+    """One quote block: consecutive sentences of one passage, or one vote item, or one byline."""
+
+    row: int  # passage row in the index
+    sentences: list[int]  # sentence rows, consecutive, in document order (empty for a vote item)
+    role: str  # lead / dose / context / vote / setting / authors
+    label: str = ""  # a setting's name, for the labelled per-setting answer
+    why: str = ""
+
+
+@dataclass
+class Plan:
+    """What the answer will say, decided once: settings, facet, blocks, or a refusal and why."""
+
+    reading: Reading
+    blocks: list[Block] = field(default_factory=list)
+    refused: bool = False
+    reason: str = ""
+    slots: tuple[int, ...] = ()
+    literature: bool = False
+    explain: list[str] = field(default_factory=list)
+    candidates: list[dict] = field(default_factory=list)  # for --explain: score parts, kept or dropped
+
+    @property
+    def vote_rows(self) -> list[int]:
+        return [b.row for b in self.blocks if b.role == "vote"]
+
+
+# --- the document's map: topics, their settings, their parts ----------------------------------
+@dataclass
+class Topic:
+    title: str
+    settings: tuple[str, ...]
+    rows: dict[str, list[int]]  # evidence kind -> passage rows, in document order
+
+
+@dataclass
+class DocumentMap:
+    topics: list[Topic]
+    topic_of_row: dict[int, Topic]
+    vote_settings: dict[int, tuple[str, ...]]  # vote passage row -> its settings
+    author_rows: list[int]
+    author_names: tuple[str, ...]
+    row_of: dict[str, int] = field(default_factory=dict)  # passage_id -> row
+
+
+_MAPS: dict[str, DocumentMap] = {}
+
+
+def _bigrams(text: str) -> set[str]:
+    t = normalize_for_match(text)
+    return {t[i:i + 2] for i in range(len(t) - 1)}
+
+
+def document_map(index: StoredIndex) -> DocumentMap:
+    """Topics of the consensus with the settings each speaks of, read from the document itself:
+    a topic's title, else its panel's recommendation; a vote item's own wording, else the topic
+    whose text it shares most words with. Cached per index build."""
+    key = str(index.build_dir)
+    if key in _MAPS:
+        return _MAPS[key]
+    topics: dict[str, Topic] = {}
+    topic_of_row: dict[int, Topic] = {}
+    author_rows: list[int] = []
+    for row, p in enumerate(index.passages):
+        if p.doc_kind != "consensus" or p.vote is not None or p.evidence_kind == "intro":
+            continue
+        if p.evidence_kind == "authors":
+            author_rows.append(row)
+        t = topics.setdefault(p.section_path[0], Topic(p.section_path[0], (), {}))
+        t.rows.setdefault(p.evidence_kind, []).append(row)
+        topic_of_row[row] = t
+    for t in topics.values():
+        found = detect_settings(t.title).settings
+        for kind in ("panel", "guideline"):
+            if not found:
+                found = detect_settings(" ".join(index.passages[r].text for r in t.rows.get(kind, []))).settings
+        t.settings = found
+    vote_settings: dict[int, tuple[str, ...]] = {}
+    for row, p in enumerate(index.passages):
+        if p.vote is None or p.doc_kind != "consensus":
+            continue
+        found = detect_settings(p.vote.question).settings
+        if not found and topics:
+            words = _bigrams(p.vote.question)
+            best = max(topics.values(), key=lambda t: len(words & _bigrams(" ".join(
+                index.passages[r].text for rows in t.rows.values() for r in rows))))
+            found = best.settings
+        vote_settings[row] = found
+    names: list[str] = []
+    for row in author_rows:
+        head = re.split(r"[（(]", index.passages[row].text)[0]
+        names += [n for n in re.split(r"[\s,，、]+", head) if 2 <= len(n) <= 4]
+    dm = DocumentMap(list(topics.values()), topic_of_row, vote_settings, author_rows, tuple(names),
+                     {p.passage_id: i for i, p in enumerate(index.passages)})
+    _MAPS[key] = dm
+    return dm
+
+
+def _in_settings(topic_settings: tuple[str, ...], wanted: tuple[str, ...]) -> bool:
+    return bool(set(topic_settings) & set(wanted))
+
+
+# --- helpers over sentences --------------------------------------------------------------------
+def _sentence_text(index: StoredIndex, row: int) -> str:
+    return index.sentences[row].text
+
+
+def _names_treatment(text: str, lexicon: Lexicon) -> bool:
+    """Does a sentence name a drug or a dose (the part of a recommendation a trainee acts on)?"""
+    if DOSE_PATTERN.search(text):
+        return True
+    return any(lexicon.concepts[c].type in ("drug", "dose_level", "dose_value") for c in lexicon.concepts_in(text))
+
+
+def _drugs(concepts, lexicon: Lexicon) -> set[str]:
+    return {c for c in concepts if lexicon.concepts[c].type == "drug"}
+
+
+def recommendation_block(index: StoredIndex, row: int, lexicon: Lexicon, minimal: bool = False) -> list[int]:
+    """The panel's recommendation, whole: its sentences from the first through the one that names
+    the drug or dose (never cut before it). `minimal`: just the sentence that names it."""
+    rows = index.passage_sentences[row]
+    for i, r in enumerate(rows):
+        if _names_treatment(_sentence_text(index, r), lexicon):
+            return [r] if minimal else rows[: i + 1]
+    return rows[:1]
+
+
+def dose_sentence(index: StoredIndex, topic: Topic, lexicon: Lexicon, drugs: set[str]) -> int | None:
+    """The guideline sentence of a topic that carries the dose (for the drug asked, if one is named)."""
+    for row in topic.rows.get("guideline", []):
+        for r in index.passage_sentences[row]:
+            text = _sentence_text(index, r)
+            if DOSE_PATTERN.search(text) and (not drugs or drugs & lexicon.concepts_in(text)):
+                return r
+    return None
+
+
+def _complete_clause(index: StoredIndex, rows: list[int]) -> list[int]:
+    """A sentence cut at "；" continues in the next sentence row when that row carries on without a
+    subject of its own (it opens with 包括/均/且…): quote both."""
+    last = rows[-1]
+    nxt = last + 1
+    if (nxt < len(index.sentences) and index.sentences[nxt].passage_id == index.sentences[last].passage_id
+            and _sentence_text(index, last).rstrip().endswith("；")):
+        return rows + [nxt]
+    return rows
+
+
+# --- the planner ---------------------------------------------------------------------------------
+def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], coverage: Coverage, lexicon: Lexicon,
+                detail: bool = False) -> Plan:
+    reading = query.reading or Reading(detect_settings(query.text), None)  # type: ignore[arg-type]
+    plan = Plan(reading, slots=coverage.slots)
+    dm = document_map(index)
+    settings = reading.setting.settings
+    plan.literature = asks_about_literature(query, lexicon, coverage.slots)
+    plan.explain.append(
+        f"setting: {', '.join(settings) or 'none'}" + (" (compare)" if reading.setting.compare else "")
+        + (" (from history)" if reading.setting_from_history else "")
+        + (f" · cues: {'/'.join(reading.setting.cues)}" if reading.setting.cues else ""))
+    plan.explain.append(f"facet: {reading.intent.facet}" + (f" (cue: {reading.intent.cue})" if reading.intent.cue else "")
+                        + (" (from history)" if reading.facet_from_history else ""))
+    plan.explain.extend(reading.notes)
+    _record_candidates(plan, coverage.candidates, index, dm, settings)
+    if coverage.refused:
+        # Who wrote a part is answerable even when nothing else in the question is.
+        if reading.intent.facet == AUTHORS and dm.author_rows and not query.unknown_entities:
+            blocks = _authors(index, query, dm, settings)
+            if blocks:
+                plan.blocks = blocks
+                plan.explain.append("refusal overruled: the byline answers a question about authors")
+                return plan
+        plan.refused, plan.reason = True, coverage.reason
+        plan.explain.append(f"refused: {coverage.reason}")
+        return plan
+    facet = reading.intent.facet
+    max_blocks = MAX_BLOCKS_DETAIL if detail else MAX_BLOCKS
+    if facet == AUTHORS and dm.author_rows:
+        blocks = _authors(index, query, dm, settings)
+    elif plan.literature:
+        blocks = _general(index, query, coverage, dm, settings, plan, lexicon, allow_cards=True)
+    elif facet == MANAGEMENT and dm.topics:
+        blocks = _management(index, query, coverage, dm, settings, reading.setting.compare, lexicon, plan)
+    elif facet == VOTE:
+        blocks = _vote(index, query, coverage, dm, settings, lexicon)
+    elif facet == VALUE and coverage.stating:
+        blocks = _value(index, query, coverage, dm, settings, plan)
+    else:
+        blocks = _general(index, query, coverage, dm, settings, plan, lexicon, allow_cards=False)
+    if not blocks:
+        attr = reading.intent.cue if facet == VALUE else ""
+        plan.refused = True
+        plan.reason = (f"本知识库没有给出这个问题所问的{ATTRIBUTE_NAMES[attr]}" if attr in ATTRIBUTE_NAMES
+                       else "本知识库中与所问临床情境相符的原文没有回答这个问题")
+        plan.explain.append("refused: no unit of the asked setting answers the question")
+        return plan
+    plan.blocks = _within_budget(index, blocks, max_blocks, detail, plan)
+    return plan
+
+
+def _record_candidates(plan: Plan, candidates: list[Candidate], index: StoredIndex, dm: DocumentMap,
+                       settings: tuple[str, ...]) -> None:
+    for c in candidates[:12]:
+        topic = dm.topic_of_row.get(c.hit.row)
+        plan.candidates.append({
+            "sentence": c.sentence.text[:40], "place": c.passage.section, "score": round(c.score, 3),
+            "topic_settings": list(topic.settings) if topic else [],
+            "in_setting": _allowed(c.hit.row, c.passage, dm, settings, cards=True),
+        })
+
+
+def _allowed(row: int, passage, dm: DocumentMap, settings: tuple[str, ...], cards: bool) -> bool:
+    """May this passage answer a question about these settings? Its topic must be one of them;
+    the introduction speaks of the disease in general and is always allowed; a reference card only
+    for a question about the literature."""
+    if passage.doc_kind != "consensus":
+        return cards
+    if passage.vote is not None:
+        return not settings or _in_settings(dm.vote_settings.get(row, ()), settings)
+    topic = dm.topic_of_row.get(row)
+    if topic is None or not settings:
+        return True
+    return _in_settings(topic.settings, settings)
+
+
+def _lead_block(index: StoredIndex, c: Candidate, scores: dict[int, float], role: str) -> Block:
+    """A sentence with its well-scoring neighbours of the same passage (a mechanism is two or three
+    sentences in a row), up to LEAD_MAX_SENTENCES and LEAD_MAX_CHARS."""
+    rows = [c.row]
+    passage_rows = index.passage_sentences[c.hit.row]
+    floor = NEIGHBOUR_RATIO * scores.get(c.row, c.score)
+    def length(rs):
+        return sum(len(_sentence_text(index, r)) for r in rs)
+    for step in (1, -1):
+        r = c.row + step
+        while (r in passage_rows and scores.get(r, 0.0) >= floor and len(rows) < LEAD_MAX_SENTENCES
+               and length(rows + [r]) <= LEAD_MAX_CHARS):
+            rows.append(r)
+            r += step
+    rows.sort()
+    return Block(c.hit.row, _complete_clause(index, rows), role, why=f"score {c.score:.3f}")
+
+
+def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap, settings: tuple[str, ...],
+             plan: Plan, lexicon: Lexicon, allow_cards: bool) -> list[Block]:
+    cands = [c for c in coverage.candidates if quotable(c.passage)
+             and _allowed(c.hit.row, c.passage, dm, settings, cards=allow_cards)]
+    if allow_cards and coverage.slots:
+        # A question about reference n: the sentence citing it and the reference's own text.
+        own = [c for c in cands if c.passage.doc_kind != "consensus" and c.passage.ref_slot in coverage.slots]
+        citing = [c for c in cands if c.passage.doc_kind == "consensus"]
+        cands = (citing[:1] + own[:2] + citing[1:] + own[2:]) if citing else own + citing
+    why_asked = query.reading is not None and query.reading.intent.facet == WHY
+    if why_asked:
+        # Why: the evidence and its mechanism (sentences naming a mechanism or a cause), not the
+        # guideline's or panel's wording.
+        def why_score(c: Candidate) -> float:
+            causal = bool(CAUSAL.search(c.sentence.text)) or any(
+                lexicon.concepts[k].type == "mechanism" for k in lexicon.concepts_in(c.sentence.text))
+            return c.score + (MECHANISM_BONUS if causal else 0.0)
+        why = sorted((c for c in cands if c.passage.evidence_kind in ("evidence", "intro", "reference", "fulltext")),
+                     key=lambda c: -why_score(c))
+        cands = why + [c for c in cands if c not in why]
+    if allow_cards and coverage.slots:
+        # What a paper found is in its findings, not in its bibliographic record.
+        cands.sort(key=lambda c: 0 if c.passage.doc_kind == "consensus" else (1 if c.passage.section_path[-1].startswith("主要发现") else 2))
+    cands = with_qualifiers(cands[:1], coverage.candidates, index) + cands[1:] if cands else []
+    dropped = len(coverage.candidates) - len([c for c in coverage.candidates if _allowed(
+        c.hit.row, c.passage, dm, settings, cards=allow_cards)])
+    if dropped:
+        plan.explain.append(f"{dropped} candidate sentences dropped: another setting, or a reference card for a clinical question")
+    if not cands:
+        return []
+    scores = {c.row: (why_score(c) if why_asked else c.score) for c in cands}
+    if why_asked:
+        blocks = [_lead_block(index, cands[0], scores, "lead")]
+    else:
+        blocks = [Block(cands[0].hit.row, _complete_clause(index, [cands[0].row]), "lead", why=f"score {cands[0].score:.3f}")]
+    used = set(blocks[0].sentences)
+    best = cands[0].score
+    for c in cands[1:]:
+        if len(blocks) >= GENERAL_MAX_BLOCKS and not coverage.slots:
+            break
+        if c.row in used or c.score < KEEP_RATIO * best:
+            continue
+        if blocks[-1].row == c.hit.row and c.row == blocks[-1].sentences[-1] + 1:
+            blocks[-1].sentences.append(c.row)
+        else:
+            blocks.append(Block(c.hit.row, [c.row], "context", why=f"score {c.score:.3f} ≥ {KEEP_RATIO}×lead"))
+        used.add(c.row)
+    if coverage.slots and allow_cards and not any(index.passages[b.row].doc_kind != "consensus" for b in blocks[:3]):
+        own = [c for c in cands if c.passage.doc_kind != "consensus" and c.row not in used]
+        if own:
+            blocks.insert(1, Block(own[0].hit.row, [own[0].row], "context", why="the reference's own text"))
+    return blocks
+
+
+def _value(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap, settings: tuple[str, ...],
+           plan: Plan) -> list[Block]:
+    stating = [c for c in coverage.stating if quotable(c.passage) and _allowed(c.hit.row, c.passage, dm, settings, cards=plan.literature)]
+    if not stating:
+        return []
+    c = stating[0]
+    lead = Block(c.hit.row, _complete_clause(index, [c.row]), "lead", why=f"states the value asked ({query.reading.intent.cue})")
+    blocks = [lead]
+    nxt = c.row + 1
+    if nxt < len(index.sentences) and index.sentences[nxt].passage_id == c.sentence.passage_id and re.match(
+            r"^(其中|但|但是|然而)", _sentence_text(index, nxt)):
+        lead.sentences.append(nxt)  # "其中，20%~25%的小肠GIST…" refines the figure just stated
+    return blocks
+
+
+def _authors(index: StoredIndex, query: Query, dm: DocumentMap, settings: tuple[str, ...]) -> list[Block]:
+    named = [r for r in dm.author_rows if any(n in query.text and n in index.passages[r].text for n in dm.author_names)]
+    if not named and settings:
+        named = [r for r in dm.author_rows if _in_settings(dm.topic_of_row[r].settings, settings)]
+    if not named:
+        words = _bigrams(query.text)
+        scored = sorted(dm.author_rows, key=lambda r: -len(words & _bigrams(dm.topic_of_row[r].title)))
+        best = len(words & _bigrams(dm.topic_of_row[scored[0]].title)) if scored else 0
+        named = [scored[0]] if best >= 2 else list(dm.author_rows)
+    return [Block(r, list(index.passage_sentences[r]), "authors", why="byline of the part asked") for r in named]
+
+
+def _vote(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap, settings: tuple[str, ...],
+          lexicon: Lexicon) -> list[Block]:
+    from bot.compose import _vote_score
+
+    votes = [(row, p) for row, p in enumerate(index.passages) if p.vote is not None and p.doc_kind == "consensus"
+             and (not settings or _in_settings(dm.vote_settings.get(row, ()), settings))]
+    if not votes:
+        return []
+    hit_of = {c.hit.row: c.hit for c in coverage.candidates}
+    if coverage.vote_hit is not None:
+        hit_of[coverage.vote_hit.row] = coverage.vote_hit
+    if coverage.vote_hit is not None and any(row == coverage.vote_hit.row for row, _ in votes):
+        best = coverage.vote_hit.row
+    else:
+        best_fused = max((h.score for h in hit_of.values()), default=1.0) or 1.0
+        dummy = {row: hit_of.get(row) or Hit(row, p, 0.0, 0.0, 0.0) for row, p in votes}
+        best_dense = max((h.dense for h in dummy.values()), default=0.0)
+        best = max(dummy, key=lambda r: _vote_score(dummy[r], query, lexicon, best_fused, best_dense))
+    blocks = [Block(best, [], "vote", why="the vote item of the asked setting")]
+    # The topic's own sentence on how the panel voted, if the topic has one.
+    for c in coverage.candidates:
+        if (c.passage.doc_kind == "consensus" and c.passage.vote is None and "投票" in c.sentence.text
+                and _allowed(c.hit.row, c.passage, dm, dm.vote_settings.get(best, ()), cards=False)
+                and dm.topic_of_row.get(c.hit.row) is not None):
+            blocks.append(Block(c.hit.row, [c.row], "context", why="the topic's sentence on the vote"))
+            break
+    return blocks
+
+
+def _management_groups(settings: tuple[str, ...]) -> list[str]:
+    groups: list[str] = []
+    for s in settings or ALL_SETTINGS:
+        g = GROUP_OF[s]
+        if g not in groups:
+            groups.append(g)
+    return groups
+
+
+def _topic_for(dm: DocumentMap, group: str) -> Topic | None:
+    wanted = RECURRENCE if group == "recurrence" else (group,)
+    for t in dm.topics:
+        if _in_settings(t.settings, wanted):
+            return t
+    return None
+
+
+def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap, settings: tuple[str, ...],
+                compare: bool, lexicon: Lexicon, plan: Plan) -> list[Block]:
+    """What to do: the panel's recommendation of the setting's topic, whole, then the guideline
+    sentence that carries the dose; with no setting named, one labelled line per setting."""
+    drugs = _drugs(query.all_concepts, lexicon) - {"imatinib"}
+    groups = _management_groups(settings)
+    per_setting = not settings or compare or len(groups) > 1
+    blocks: list[Block] = []
+    for g in groups:
+        topic = _topic_for(dm, g)
+        if topic is None or not topic.rows.get("panel"):
+            continue
+        panel_row = topic.rows["panel"][0]
+        rec = recommendation_block(index, panel_row, lexicon, minimal=per_setting)
+        topic_text = " ".join(index.passages[r].text for rows in topic.rows.values() for r in rows)
+        if drugs and not drugs <= set(lexicon.concepts_in(topic_text)):
+            plan.explain.append(f"{g}: its topic does not name {', '.join(sorted(drugs))}; left out")
+            continue
+        if drugs and not drugs & set(lexicon.concepts_in(" ".join(_sentence_text(index, r) for r in rec))):
+            dose = dose_sentence(index, topic, lexicon, drugs)
+            if dose is not None:  # the drug asked is named by the guideline, not the panel: lead with it
+                blocks.append(Block(index.sentence_passage[dose].item(), [dose], "lead" if not blocks else "setting",
+                                    label=GROUP_LABELS[g] if per_setting else "", why="guideline sentence naming the drug asked"))
+                continue
+        blocks.append(Block(panel_row, rec, "lead" if not blocks else "setting", label=GROUP_LABELS[g] if per_setting else "",
+                            why="the panel's recommendation of the setting's topic"))
+        if not per_setting:
+            dose = dose_sentence(index, topic, lexicon, drugs)
+            if dose is not None:
+                blocks.append(Block(index.sentence_passage[dose].item(), [dose], "dose",
+                                    why="the guideline sentence that carries the dose"))
+            vote = _management_vote(index, dm, settings, lexicon)
+            if vote is not None:
+                blocks.append(Block(vote, [], "vote", why="the vote on what to do in this setting"))
+    if per_setting:
+        plan.explain.append("management question " + ("comparing settings" if compare else "naming no setting")
+                            + ": one labelled line per setting")
+    return blocks
+
+
+def _management_vote(index: StoredIndex, dm: DocumentMap, settings: tuple[str, ...], lexicon: Lexicon) -> int | None:
+    """The vote item on what to do in exactly this setting (its options name a drug or dose)."""
+    found = [row for row, s in dm.vote_settings.items() if set(s) == set(settings)
+             and any(_names_treatment(o.text, lexicon) for o in index.passages[row].vote.options)]
+    return found[0] if len(found) == 1 else None
+
+
+def block_chars(index: StoredIndex, b: Block) -> int:
+    p = index.passages[b.row]
+    if p.vote is not None:
+        return len(p.vote.question) + sum(len(o.text) + 6 for o in p.vote.options)
+    return sum(len(_sentence_text(index, r)) for r in b.sentences)
+
+
+def _within_budget(index: StoredIndex, blocks: list[Block], max_blocks: int, detail: bool, plan: Plan) -> list[Block]:
+    """At most max_blocks; context beyond the character budget is left out (never the lead, never a
+    labelled per-setting line)."""
+    kept: list[Block] = []
+    used = 0
+    for b in blocks:
+        if len(kept) >= max_blocks:
+            plan.explain.append(f"dropped ({b.role}): more than {max_blocks} blocks")
+            continue
+        size = block_chars(index, b)
+        if kept and b.role in ("context", "vote", "dose") and used + size > ANSWER_BUDGET and not detail:
+            plan.explain.append(f"dropped ({b.role}, {size} chars): over the {ANSWER_BUDGET}-character budget")
+            continue
+        kept.append(b)
+        used += size
+    return kept
