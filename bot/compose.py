@@ -43,6 +43,9 @@ CARD_SECTIONS_NOT_QUOTED = ("说明", "共识引用时的表述")
 # Sentences of our own cards that speak about the card itself, not about the paper.
 CARD_SELF_REFERENCE = re.compile(r"本项目|本卡片")
 _LITERATURE_WORDS = re.compile(r"(文献|研究|引用|参考|试验|作者|期刊|论文|reference|study|studies|trial|paper|author|journal|cited|cite)", re.I)
+# Concept types that place or qualify a question but are no subject of their own ("一线" alone is
+# as much about hypertension as about GIST).
+NO_SUBJECT_TYPES = {"setting", "generic", "method", "question_word", "property", "dose_level"}
 DENSE_WINDOW = 0.08  # cosines within this distance of the best count as close (e5 cosines are compressed)
 TOP_PASSAGES = 6
 COOCCURRENCE_PASSAGES = 10  # focal concepts must meet in one of the best passages
@@ -275,7 +278,7 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
     vote_hit = None if slots else choose_vote(hits, query, lexicon)
 
     # 2. No subject matter in common with the corpus.
-    has_subject = bool(query.all_concepts) or bool(slots)
+    has_subject = any(lexicon.concepts[c].type not in NO_SUBJECT_TYPES for c in query.all_concepts) or bool(slots)
     best_terms = max((sum(1 for t in set(query.content_terms) if t in normalize_for_match(c.sentence.text))
                       for c in candidates[:10]), default=0)
     if not has_subject and best_terms < 2:

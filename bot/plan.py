@@ -22,8 +22,9 @@ from bot.compose import ATTRIBUTE_NAMES, Candidate, Coverage, asks_about_literat
 from bot.query import Query
 from bot.retrieve import Hit
 from bot.setting import (ADJUVANT, ALL_SETTINGS, AUTHORS, FIRST_LINE, GENERAL, MANAGEMENT, RECUR_AFTER, RECUR_DURING,
-                         RECURRENCE, SETTING_LABELS, VALUE, VOTE, WHY, Reading, detect_settings)
-from indexer.lexicon import Lexicon, normalize_for_match
+                         RECURRENCE, SETTING_LABELS, VALUE, VOTE, WHY, GUIDELINE_NAMED, NUMBER_ASKED, Reading,
+                         detect_settings)
+from indexer.lexicon import Lexicon, normalize_for_match, to_simplified
 from indexer.store import StoredIndex
 
 # --- named limits ------------------------------------------------------------------------------
@@ -333,6 +334,10 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
             continue
         if blocks[-1].row == c.hit.row and c.row == blocks[-1].sentences[-1] + 1:
             blocks[-1].sentences.append(c.row)
+        elif not coverage.slots and not why_asked and c.hit.row != blocks[0].row:
+            # Another passage is another subject more often than not: one block answers.
+            plan.explain.append(f"not quoted (another passage): {c.sentence.text[:24]}…")
+            continue
         else:
             blocks.append(Block(c.hit.row, [c.row], "context", why=f"score {c.score:.3f} ≥ {KEEP_RATIO}×lead"))
         used.add(c.row)
@@ -440,13 +445,27 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
                 blocks.append(Block(index.sentence_passage[dose].item(), [dose], "lead" if not blocks else "setting",
                                     label=GROUP_LABELS[g] if per_setting else "", why="guideline sentence naming the drug asked"))
                 continue
-        blocks.append(Block(panel_row, rec, "lead" if not blocks else "setting", label=GROUP_LABELS[g] if per_setting else "",
-                            why="the panel's recommendation of the setting's topic"))
-        if not per_setting:
-            dose = dose_sentence(index, topic, lexicon, drugs)
-            if dose is not None:
-                blocks.append(Block(index.sentence_passage[dose].item(), [dose], "dose",
+        panel = Block(panel_row, rec, "lead" if not blocks else "setting", label=GROUP_LABELS[g] if per_setting else "",
+                      why="the panel's recommendation of the setting's topic")
+        if per_setting:
+            blocks.append(panel)
+            continue
+        guideline = _guideline_sentence(index, topic, query, lexicon, drugs)
+        rec_states_dose = any(DOSE_PATTERN.search(_sentence_text(index, r)) for r in rec)
+        asks_guideline = bool(GUIDELINE_NAMED.search(query.text) or guideline_named(query, lexicon))
+        asks_number = bool(NUMBER_ASKED.search(to_simplified(query.text).lower()))
+        if guideline is not None and (asks_guideline or (asks_number and not rec_states_dose)):
+            # "CSCO指南推荐什么" / "加到多少": the guideline sentence that states it leads.
+            blocks.append(Block(index.sentence_passage[guideline].item(), [guideline], "lead",
+                                why="the guideline sentence the question asks for (it names the guideline or the number)"))
+            panel.role = "context"
+            blocks.append(panel)
+        else:
+            blocks.append(panel)
+            if guideline is not None:
+                blocks.append(Block(index.sentence_passage[guideline].item(), [guideline], "dose",
                                     why="the guideline sentence that carries the dose"))
+        if not per_setting:
             vote = _management_vote(index, dm, settings, lexicon)
             if vote is not None:
                 blocks.append(Block(vote, [], "vote", why="the vote on what to do in this setting"))
@@ -454,6 +473,22 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
         plan.explain.append("management question " + ("comparing settings" if compare else "naming no setting")
                             + ": one labelled line per setting")
     return blocks
+
+
+def guideline_named(query: Query, lexicon: Lexicon) -> set[str]:
+    return {c for c in query.all_concepts if lexicon.concepts[c].type == "guideline"}
+
+
+def _guideline_sentence(index: StoredIndex, topic: Topic, query: Query, lexicon: Lexicon, drugs: set[str]) -> int | None:
+    """The guideline sentence for this question: the one naming the guideline asked (ESMO, 西班牙…),
+    else the one that carries the dose (for the drug asked)."""
+    named = guideline_named(query, lexicon) - {"csco"}
+    if named:
+        for row in topic.rows.get("guideline", []):
+            for r in index.passage_sentences[row]:
+                if named & lexicon.concepts_in(_sentence_text(index, r)):
+                    return r
+    return dose_sentence(index, topic, lexicon, drugs)
 
 
 def _management_vote(index: StoredIndex, dm: DocumentMap, settings: tuple[str, ...], lexicon: Lexicon) -> int | None:

@@ -117,15 +117,23 @@ def corpus_names(text: str, corpus_text: str) -> list[str]:
     return [w for w in dict.fromkeys(_NAME.findall(text)) if w not in _COMMON_WORDS and w in corpus_text]
 
 
+# A protein change inside a named exon ("exon 9 A502_Y503dup"): a detail of the mutation asked
+# about, not another entity.
+_VARIANT = re.compile(r"^[A-Z]\d{2,4}(?:_[A-Z]\d{2,4})?(?:dup|del|ins)?", re.I)
+
+
 def unknown_entities(text: str, lexicon: Lexicon, corpus_norm: str) -> list[str]:
     """Entity-looking words that the corpus never mentions (e.g. a drug or gene it does not cover)."""
     known_spans = [(m.start, m.end) for m in lexicon.concept_matches(text)]
+    in_known_exon = any(lexicon.concepts[m.id].type == "mutation" and m.id in ("exon9",) for m in lexicon.concept_matches(text))
     out = []
     for pattern in (_LATIN_ENTITY, _HAN_ENTITY):
         for m in pattern.finditer(text):
             if any(s < m.end() and m.start() < e for s, e in known_spans):  # overlaps a known term
                 continue
             word = m.group(0)
+            if in_known_exon and _VARIANT.match(word):
+                continue
             if normalize_for_match(word) not in corpus_norm:
                 out.append(word)
     return out
@@ -189,8 +197,8 @@ def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: 
             elif last_setting.specific:
                 reading.setting, reading.setting_from_history = last_setting, True
             last_attributes = lexicon.attributes_in(last)
-            if not attributes:
-                attributes = last_attributes
+            if reading.intent.facet == "general" and reading.intent.cue != "evidence":
+                attributes = attributes | last_attributes
                 reading.intent = detect_facet(last, attributes, set(lexicon.concepts_in(last)), author_names)
                 reading.facet_from_history = True
             retrieval = f"{text} {last}" if not setting.specific else f"{text} {_without_setting_words(last)}"

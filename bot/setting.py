@@ -37,7 +37,7 @@ _ADJUVANT = re.compile(r"(?<!新)辅助|术后|切除后|手术后|根治术|切
 # Recurrence or progression as an event. "复发风险/复发率/危险度" is a risk grade (a detail of an
 # adjuvant question), not an event.
 _RECUR = re.compile(r"复发(?!风险|危险|率|的风险|可能)|再发|进展(?!期)|又长|长出|新发|新病灶|出现.{0,4}转移|发现.{0,6}转移|肝转移|腹膜转移|"
-                    r"转移了|(?<!性)转移(?!性)|recurr(?:ed|ence|ent)(?! risk)|relaps|progress|metasta")
+                    r"转移了|(?<!性)转移(?!性)|recurs|recurr(?:ed|ence|ent|ing)(?! risk)|relaps|progress|metasta")
 _DURING = re.compile(r"期间|过程中|治疗中|服药中|用药中|吃着|正在|还在吃|还在服|服药时|吃药时|的时候|当中|仍在|"
                      r"while on|during|on adjuvant|on imatinib|still taking|while taking")
 _AFTER = re.compile(r"停药|停了|停用|结束后|结束以后|完成后|治疗后|辅助后|吃完|服完|疗程结束|治疗结束|辅助结束|停止|"
@@ -113,12 +113,24 @@ def detect_settings(text: str) -> SettingRead:
 MANAGEMENT, WHY, VALUE, VOTE, AUTHORS, GENERAL = "management", "why", "value", "vote", "authors", "general"
 _AUTHORS = re.compile(r"谁写|谁执笔|作者|执笔|撰写|哪个医院|哪家医院|什么医院|哪个单位|哪里的医生|单位|邮箱|email|e-mail|联系方式|"
                       r"who wrote|written by|author|affiliat|which hospital|contact")
-_MANAGEMENT = re.compile(r"怎么办|怎么处理|如何处理|怎么治|如何治|用什么药|吃什么药|换什么药|用药|方案|加量|加到|减量|首选|推荐|建议|应该|"
-                         r"下一步|选什么|选择|吃多少|用多少|多大剂量|剂量|高剂量|要不要|需不需要|能不能|可以用|还能用|处理|管理|治疗策略|"
-                         r"what (?:should|to do)|how (?:to|should)|manage|treat|which drug|next step|escalat|increase|dose|recommend")
+_MANAGEMENT = re.compile(r"怎么办|怎么处理|如何处理|怎么治|如何治|用什么药|吃什么药|换什么药|用药|方案|加量|加到|加至|减量|首选|推荐|建议|应该|"
+                         r"下一步|选什么|吃多少|用多少|多大剂量|多少剂量|剂量多少|剂量是多少|要不要|需不需要|能不能|可以用|还能用|怎么调整|如何调整|调整|"
+                         r"上800|上600|换药|换成|怎么用|如何用|"
+                         r"what (?:should|to do|next)|how (?:to|should)|manage|which drug|next step|escalat|increase|what dose|which dose|recommend")
+# A question about the state of the evidence or of the guidelines ("证据充分吗", "一致吗") is not
+# one about what to do, even when it names a treatment.
+_EVIDENCE_QUESTION = re.compile(r"证据|研究|一致|明确|达成|阐明|充分|支持|争议|效果如何|疗效如何|有没有.{0,6}推荐|有.{0,4}推荐吗|"
+                                r"evidence|studies|study|consistent|agree|clear recommendation")
+# A question asking for a number ("加到多少", "多大剂量", "how much"): the sentence stating it leads.
+NUMBER_ASKED = re.compile(r"多少|多大|几毫克|几级|几成|上限|最多|最高|最大|how much|what dose|which dose|how many|what level|grade")
+# A question that names a guideline: the guideline's own sentence leads.
+GUIDELINE_NAMED = re.compile(r"指南|csco|nccn|esmo|guideline|西班牙|spanish", re.I)
 
 
 _VOTE = re.compile(r"多数专家|专家多数|大多数专家|专家.{0,4}(?:倾向|怎么选|选什么|选哪|意见分布)|majority|most experts|panel (?:voted|chose|preferred)")
+# A share of the panel asked for: "投“是”的专家占多少", "选…的比例", "有人选吗", "what percentage of experts".
+_VOTE_SHARE = re.compile(r"(?:专家|投|选|认同|赞同|同意).{0,24}(?:比例|占多少|占几成|几成|多少|有人选|有没有人选|百分)|"
+                         r"(?:percentage|share|proportion|how many) of (?:the )?(?:experts|panel)|experts? (?:chose|voted|agreed)")
 # A share asked for in words the lexicon's triggers miss: "占GIST多少", "占多大比例".
 PERCENT_ASKED = re.compile(r"占.{0,14}(?:多少|几成|多大|比例|百分)|what (?:share|fraction|percent)|how many percent")
 SHORT_QUESTION = 16  # characters: a question this short that names only a setting is a follow-up on it
@@ -140,7 +152,7 @@ def detect_facet(text: str, attributes: set[str], concepts: set[str], author_nam
     named = [n for n in author_names if n and n in text]
     if named and not attributes - {"recommendation"}:
         return Intent(AUTHORS, named[0])
-    m = _VOTE.search(t)
+    m = _VOTE.search(t) or _VOTE_SHARE.search(t)
     if "vote" in attributes or m:
         return Intent(VOTE, m.group(0) if m else "vote")
     if "mechanism" in attributes:
@@ -150,8 +162,11 @@ def detect_facet(text: str, attributes: set[str], concepts: set[str], author_nam
     if value_attrs:
         return Intent(VALUE, sorted(value_attrs)[0])
     m = _MANAGEMENT.search(t)
-    if "dose" in attributes or "recommendation" in attributes or m:
-        return Intent(MANAGEMENT, m.group(0) if m else "dose")
+    number = NUMBER_ASKED.search(t)
+    if _EVIDENCE_QUESTION.search(t) and not number and not re.search(r"怎么办|怎么处理|如何处理|what (?:should|to do)", t):
+        return Intent(GENERAL, "evidence")
+    if m or ("dose" in attributes and number):
+        return Intent(MANAGEMENT, m.group(0) if m else number.group(0))
     if len(re.sub(r"\s", "", t)) <= SHORT_QUESTION and detect_settings(t).specific and not re.search(
             r"证据|研究|文献|指南|预后|机制|比例|为什么|evidence|study|guideline|prognos", t):
         # "那辅助治疗呢？" / "停药后复发？": a setting named bare asks for its bottom line.

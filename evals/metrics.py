@@ -61,6 +61,37 @@ def retrieval_rank(passages: list[RetrievedPassage], gold: list[str], k: int) ->
     return None
 
 
+# --- strict scoring: what a specialist would accept ------------------------------------------
+# Read from the Markdown the user sees, not from the bot's own data types, so that the scoring
+# does not share the product's idea of what a quote block is.
+MAX_ANSWER_CHARS = 600  # a strictly correct answer is at most this long (a phone screen or two)
+_TOP_BULLET = re.compile(r"^[-*+]\s")
+_SUB_BULLET = re.compile(r"^\s+[-*+]\s")
+
+
+def quote_blocks(markdown: str) -> list[str]:
+    """The quote blocks of an answer: each top-level list item holding a 「quote」, with the quotes
+    of its indented sub-items (a vote item's options) counted in the same block. A block's text is
+    its quotes joined, so that a unit matches only what is shown as verbatim source."""
+    blocks: list[list[str]] = []
+    in_block = False
+    for line in markdown.splitlines():
+        if _TOP_BULLET.match(line):
+            spans = QUOTE_SPAN.findall(line)
+            in_block = bool(spans)
+            if spans:
+                blocks.append(spans)
+        elif _SUB_BULLET.match(line) and in_block:
+            blocks[-1].extend(QUOTE_SPAN.findall(line))
+        elif line.strip():
+            in_block = False
+    return ["".join(b) for b in blocks]
+
+
+def unit_in(block: str, units: list[str]) -> bool:
+    return any(contains(block, u) for u in units)
+
+
 # --- checks on one answer ---------------------------------------------------------------------
 def quote_slice_problem(q, sources: Sources) -> str | None:
     """None when the quote's text is its document's text at its offsets, character for character."""
@@ -115,6 +146,15 @@ class QuestionScore:
     bad_citations: list[str] = field(default_factory=list)
     latency_ms: float | None = None
     refusal_reason: str = ""
+    # strict scoring (items with answer_units)
+    strict: bool = False  # the item carries units, so strict figures are measured
+    strict_correct: bool = False
+    gold_quoted: bool = False
+    lead: bool = False
+    blocks: int = 0
+    on_topic_blocks: int = 0
+    off_topic: list[str] = field(default_factory=list)
+    chars: int = 0
 
     def problems(self) -> list[str]:
         """What went wrong, one line each (empty when the question passes every check)."""
@@ -133,6 +173,14 @@ class QuestionScore:
         if self.unsupported_numbers:
             out.append(f"unsupported number: {', '.join(self.unsupported_numbers)}")
         out += [f"citation error: {s}" for s in self.bad_citations]
+        if self.strict and self.expect == "answer" and not self.refused and not self.error:
+            if not self.gold_quoted:
+                out.append("strict: no quote block holds a unit that answers")
+            elif not self.lead:
+                out.append("strict: the first quote block is not the one that answers")
+            out += [f"strict: off-topic block 「{_short(b)}」" for b in self.off_topic]
+            if self.chars > MAX_ANSWER_CHARS:
+                out.append(f"strict: {self.chars} characters (more than {MAX_ANSWER_CHARS})")
         return out
 
     def to_dict(self) -> dict:
@@ -151,6 +199,20 @@ def score_answer(item: Item, answer: Answer, sources: Sources, k: int) -> Questi
         s.correct = answer.refused and not s.forbidden_found
     if item.gold:
         s.rank = retrieval_rank(answer.passages, item.gold, k)
+    s.chars = len(text)
+    s.strict = item.expect == "refuse" or bool(item.answer_units)
+    if item.expect == "answer" and item.answer_units and not answer.refused:
+        blocks = quote_blocks(text)
+        acceptable = list(item.answer_units) + list(item.acceptable_units)
+        s.blocks = len(blocks)
+        s.gold_quoted = any(unit_in(b, item.answer_units) for b in blocks)
+        s.lead = bool(blocks) and unit_in(blocks[0], item.answer_units)
+        s.off_topic = [b for b in blocks if not unit_in(b, acceptable)]
+        s.on_topic_blocks = s.blocks - len(s.off_topic)
+        s.strict_correct = (s.gold_quoted and not s.missing_groups and not s.forbidden_found
+                            and s.chars <= MAX_ANSWER_CHARS)
+    elif item.expect == "refuse":
+        s.strict_correct = s.correct
 
     # Quotes: each quote object at its offsets; each 「」 span the reader sees must be one of them.
     verbatim_texts = set()
@@ -207,7 +269,8 @@ def percentile(values: Iterable[float], q: float) -> float | None:
 
 
 # Rates where lower is better (every other metric: higher is better).
-LOWER_IS_BETTER = {"false_refusal_rate", "latency_p50_ms", "latency_p95_ms"}
+LOWER_IS_BETTER = {"false_refusal_rate", "latency_p50_ms", "latency_p95_ms", "strict_off_topic_rate",
+                   "strict_false_refusals", "answer_chars_p50", "answer_chars_p95", "strict_over_600_rate"}
 
 
 def aggregate(scores: list[QuestionScore]) -> dict:
@@ -228,6 +291,7 @@ def aggregate(scores: list[QuestionScore]) -> dict:
     latencies = [s.latency_ms for s in scores if s.latency_ms is not None]
     metrics["latency_p50_ms"] = percentile(latencies, 0.50)
     metrics["latency_p95_ms"] = percentile(latencies, 0.95)
+    metrics.update(strict_metrics(scores))
     metrics["counts"] = {
         "expect_answer": len(answer_items),
         "expect_refuse": len(refuse_items),
@@ -239,6 +303,30 @@ def aggregate(scores: list[QuestionScore]) -> dict:
         "citations": sum(s.citations_total for s in scores),
     }
     return metrics
+
+
+def strict_metrics(scores: list[QuestionScore]) -> dict:
+    """The strict figures: an answer is right only when a unit that answers is quoted, the values
+    asked are there, nothing forbidden is, and it is at most MAX_ANSWER_CHARS long."""
+    strict = [s for s in scores if s.strict]
+    answerable = [s for s in strict if s.expect == "answer"]
+    answered = [s for s in answerable if not s.refused and not s.error]
+    refuse = [s for s in strict if s.expect == "refuse"]
+    shown = [s.chars for s in scores if not s.refused and not s.error]
+    blocks = sum(s.blocks for s in answered)
+    return {
+        "strict_accuracy": _rate(sum(s.strict_correct for s in strict), len(strict)),
+        "strict_answer_accuracy": _rate(sum(s.strict_correct for s in answerable), len(answerable)),
+        "strict_gold_quoted": _rate(sum(s.gold_quoted for s in answerable), len(answerable)),
+        "strict_lead": _rate(sum(s.lead for s in answerable), len(answerable)),
+        "strict_precision": _rate(sum(s.on_topic_blocks for s in answered), blocks),
+        "strict_off_topic_rate": _rate(sum(1 for s in answered if s.off_topic), len(answered)),
+        "strict_false_refusals": sum(1 for s in answerable if s.refused),
+        "strict_refusal_recall": _rate(sum(s.refused for s in refuse), len(refuse)),
+        "answer_chars_p50": percentile(shown, 0.50),
+        "answer_chars_p95": percentile(shown, 0.95),
+        "strict_over_600_rate": _rate(sum(1 for c in shown if c > MAX_ANSWER_CHARS), len(shown)),
+    }
 
 
 def aggregate_by_tag(scores: list[QuestionScore]) -> dict[str, dict]:

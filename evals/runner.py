@@ -37,9 +37,13 @@ DEFAULT_BASELINE = REPO_ROOT / "evals" / "baseline.json"
 # in no source, is the failure this tool exists to prevent.
 MUST_BE_PERFECT = ("quote_verbatim_rate", "numeric_faithfulness")
 # The metrics a baseline may hold (shown in this order).
-RATCHET_METRICS = ("answer_accuracy", "hit@1", "hit@3", "hit@5", "mrr@10", "refusal_recall", "false_refusal_rate",
+RATCHET_METRICS = ("strict_accuracy", "strict_answer_accuracy", "strict_gold_quoted", "strict_lead", "strict_precision",
+                   "strict_off_topic_rate", "strict_false_refusals", "strict_refusal_recall", "answer_chars_p50",
+                   "answer_chars_p95", "strict_over_600_rate",
+                   "answer_accuracy", "hit@1", "hit@3", "hit@5", "mrr@10", "refusal_recall", "false_refusal_rate",
                    "quote_verbatim_rate", "numeric_faithfulness", "citation_accuracy", "latency_p50_ms", "latency_p95_ms")
-TABLE_METRICS = ("answer_accuracy", "hit@1", "hit@5", "mrr@10", "refusal_recall", "false_refusal_rate",
+TABLE_METRICS = ("strict_answer_accuracy", "strict_lead", "strict_precision", "strict_off_topic_rate",
+                 "strict_refusal_recall", "answer_chars_p50", "answer_accuracy", "hit@1", "hit@5", "mrr@10", "refusal_recall", "false_refusal_rate",
                  "quote_verbatim_rate", "numeric_faithfulness", "citation_accuracy")
 
 RESULTS_JSON = "results.json"
@@ -127,7 +131,7 @@ def _fmt(value, name: str = "") -> str:
     """Rates with 4 places (the precision they are stored and compared at), milliseconds with 1."""
     if value is None:
         return "—"
-    if name.startswith("latency"):
+    if name.startswith("latency") or name.startswith("answer_chars"):
         return f"{value:.1f}"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -279,7 +283,7 @@ def _summary_table(result: EvalResult, baseline_metrics: dict | None) -> Table:
     return table
 
 
-TAG_COLUMNS = {"answer_accuracy": "accuracy", "hit@5": "hit@5", "refusal_recall": "refusal rec.",
+TAG_COLUMNS = {"strict_answer_accuracy": "strict", "strict_lead": "lead", "strict_off_topic_rate": "off-topic", "answer_accuracy": "accuracy", "hit@5": "hit@5", "refusal_recall": "refusal rec.",
                "false_refusal_rate": "false ref."}
 
 
