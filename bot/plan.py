@@ -320,6 +320,15 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
         plan.explain.append(f"{dropped} candidate sentences dropped: another setting, or a reference card for a clinical question")
     if not cands:
         return []
+    if allow_cards and coverage.slots and RECORD_ASKED.search(query.text):
+        # "［3］是哪篇文献？": the card's candidate record, whole, answers; then the citing sentence.
+        blocks = [Block(row, list(index.passage_sentences[row]), "lead", why="the candidate record of the reference asked")
+                  for row in _record_rows(index, coverage.slots)]
+        citing = [c for c in cands if c.passage.doc_kind == "consensus"]
+        if blocks and citing:
+            blocks.append(Block(citing[0].hit.row, [citing[0].row], "context", why="the consensus sentence citing it"))
+        if blocks:
+            return blocks
     scores = {c.row: (why_score(c) if why_asked else c.score) for c in cands}
     if why_asked:
         blocks = [_lead_block(index, cands[0], scores, "lead")]
@@ -346,6 +355,18 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
         if own:
             blocks.insert(1, Block(own[0].hit.row, [own[0].row], "context", why="the reference's own text"))
     return blocks
+
+
+RECORD_ASKED = re.compile(r"哪篇|哪一篇|是什么文献|是什么\W*$|候选文献|哪些研究|哪个版本|出处|which (?:paper|article|study|reference)|what is (?:reference|ref)", re.I)
+
+
+def _record_rows(index: StoredIndex, slots: tuple[int, ...]) -> list[int]:
+    rows = []
+    for n in slots[:2]:
+        record = index.slot_records.get(n)
+        if record is not None:
+            rows.append(next(i for i, p in enumerate(index.passages) if p.passage_id == record.passage_id))
+    return rows
 
 
 def _value(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap, settings: tuple[str, ...],
@@ -466,7 +487,7 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
                 blocks.append(Block(index.sentence_passage[guideline].item(), [guideline], "dose",
                                     why="the guideline sentence that carries the dose"))
         if not per_setting:
-            vote = _management_vote(index, dm, settings, lexicon)
+            vote = None if asks_guideline else _management_vote(index, dm, settings, lexicon)
             if vote is not None:
                 blocks.append(Block(vote, [], "vote", why="the vote on what to do in this setting"))
     if per_setting:

@@ -197,7 +197,7 @@ def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: 
             elif last_setting.specific:
                 reading.setting, reading.setting_from_history = last_setting, True
             last_attributes = lexicon.attributes_in(last)
-            if reading.intent.facet == "general" and reading.intent.cue != "evidence":
+            if (reading.intent.facet == "general" and reading.intent.cue != "evidence") or reading.intent.cue == "setting named bare":
                 attributes = attributes | last_attributes
                 reading.intent = detect_facet(last, attributes, set(lexicon.concepts_in(last)), author_names)
                 reading.facet_from_history = True
