@@ -147,7 +147,7 @@ class Bot:
         hits = promote_references(prefer_sources(hits, not literature, CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS), slots)
         t = time.perf_counter()
         coverage = judge_coverage(index, query, hits, qvec, self.lexicon, self._scope_concepts[scope], scope)
-        plan = plan_answer(index, query, hits, coverage, self.lexicon, detail=detail)
+        plan = plan_answer(index, query, hits, coverage, self.lexicon, detail=detail, scope=scope)
         timing["select"] = (time.perf_counter() - t) * 1000
         result = render(index, query, plan, hits, self.settings.passages_returned, scope, timing)
         timing["total"] = (time.perf_counter() - t0) * 1000
@@ -217,7 +217,7 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
         text = f"抱歉，{plan.reason}。{SCOPE_NOTE}因此无法回答这个问题。"
         timing["format"] = (time.perf_counter() - t) * 1000
         return Answer(question=query.text, answer=text, refused=True, refusal_reason=plan.reason, passages=passages,
-                      scope=scope, notes=list(plan.explain))
+                      scope=scope, notes=list(plan.explain), explain=explain_of(plan, index, document_map(index)))
 
     dm = document_map(index)
     quotes: list[Quote] = []
@@ -288,7 +288,21 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
                       refusal_reason="no verified quote", passages=passages, dropped=dropped, scope=scope)
     text = _intro(plan, scope) + "\n\n" + "\n".join(kept_lines)
     return Answer(question=query.text, answer=text, refused=False, quotes=verified_quotes, passages=passages,
-                  vote=vote, references=references, dropped=dropped, scope=scope, notes=list(plan.explain))
+                  vote=vote, references=references, dropped=dropped, scope=scope, notes=list(plan.explain),
+                  explain=explain_of(plan, index, dm))
+
+
+def explain_of(plan: Plan, index: StoredIndex, dm: DocumentMap) -> dict:
+    """The plan's decisions as data: what `--explain` prints and `ask --json` carries."""
+    r = plan.reading
+    return {
+        "settings": list(r.setting.settings), "compare": r.setting.compare, "setting_cues": list(r.setting.cues),
+        "setting_from_history": r.setting_from_history, "facet": r.intent.facet, "facet_cue": r.intent.cue,
+        "facet_from_history": r.facet_from_history, "candidates": plan.candidates,
+        "blocks": [{"role": b.role, "label": b.label, "place": place_of(index.passages[b.row], dm), "why": b.why}
+                   for b in plan.blocks],
+        "decisions": list(plan.explain),
+    }
 
 
 def reference_notes(index: StoredIndex, quotes: list[Quote], scope: str, asked_slots: tuple[int, ...]) -> list[ReferenceNote]:

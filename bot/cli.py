@@ -91,6 +91,8 @@ def ask(
     history: Optional[list[str]] = typer.Option(None, "--history", help="之前的问题（可多次给出，按顺序）"),
     as_json: bool = typer.Option(False, "--json", help="输出 JSON"),
     scope: Optional[str] = typer.Option(None, "--scope", help="all（默认，含文献卡片）或 consensus（仅共识原文）"),
+    explain: bool = typer.Option(False, "--explain", help="说明判断过程：临床情境、所问方面、候选句及取舍原因"),
+    detail: bool = typer.Option(False, "--detail", help="详细模式：最多引用 6 段（默认 3 段）"),
 ) -> None:
     """回答一个问题 (answer one question)."""
     from bot.answer import DISCLAIMER, Bot
@@ -100,7 +102,7 @@ def ask(
     settings = get_settings()
     try:
         bot = Bot(settings, auto_build=True)
-        result = bot.answer(question, history=history or [], scope=scope)
+        result = bot.answer(question, history=history or [], scope=scope, detail=detail)
     except _user_errors() as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001 - no traceback for a user, ever
@@ -110,6 +112,15 @@ def ask(
         return
     # Plain write: a console library would hard-wrap long lines, breaking quotes in the middle.
     sys.stdout.write(result.answer + "\n\n" + DISCLAIMER + "\n")
+    if explain:
+        sys.stdout.write("\n--- explain ---\n" + "\n".join(f"· {n}" for n in result.notes) + "\n")
+        if result.explain:
+            sys.stdout.write("候选句 (candidates: score, setting of its topic, kept in the asked setting):\n")
+            for c in result.explain.get("candidates", []):
+                sys.stdout.write(f"  {c['score']:.3f} {'✓' if c['in_setting'] else '✗'} [{'/'.join(c['topic_settings']) or '-'}] "
+                                 f"{c['sentence']}… 〔{c['place']}〕\n")
+            for b in result.explain.get("blocks", []):
+                sys.stdout.write(f"引用 (quoted): {b['role']} {b['place']} — {b['why']}\n")
 
 
 @app.command()

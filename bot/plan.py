@@ -34,6 +34,7 @@ LEAD_MAX_SENTENCES = 3  # a lead block (a recommendation paragraph, a mechanism)
 LEAD_MAX_CHARS = 220
 KEEP_RATIO = 0.80  # a further block must score this share of the lead's score
 NEIGHBOUR_RATIO = 0.75  # an adjacent sentence joins the lead block at this share of its score
+SPECIFIC_MARGIN = 0.15  # a sentence of the setting leads over its recommendation when it holds this much more of the question's wording
 ANSWER_BUDGET = 430  # characters of quoted text: above it, context blocks (a vote, a second sentence) are left out
 GENERAL_MAX_BLOCKS = 2  # a question with no management facet: the sentence that answers and at most one more
 MECHANISM_BONUS = 0.3  # for why: a sentence that names a mechanism or a cause leads
@@ -184,20 +185,31 @@ def dose_sentence(index: StoredIndex, topic: Topic, lexicon: Lexicon, drugs: set
     return None
 
 
+def joinable(index: StoredIndex, a: int, b: int) -> bool:
+    """Sentence rows a and b (b right after a) read as one quote: same passage, same line. A list
+    item on the next line is another quote (a quote never spans a line break)."""
+    if b != a + 1 or b >= len(index.sentences):
+        return False
+    sa, sb = index.sentences[a], index.sentences[b]
+    if sa.passage_id != sb.passage_id:
+        return False
+    p = index.passage_by_id[sa.passage_id]
+    return "\n" not in index.documents[p.doc_id].text[sa.end:sb.start]
+
+
 def _complete_clause(index: StoredIndex, rows: list[int]) -> list[int]:
     """A sentence cut at "；" continues in the next sentence row when that row carries on without a
     subject of its own (it opens with 包括/均/且…): quote both."""
     last = rows[-1]
     nxt = last + 1
-    if (nxt < len(index.sentences) and index.sentences[nxt].passage_id == index.sentences[last].passage_id
-            and _sentence_text(index, last).rstrip().endswith("；")):
+    if joinable(index, last, nxt) and _sentence_text(index, last).rstrip().endswith("；"):
         return rows + [nxt]
     return rows
 
 
 # --- the planner ---------------------------------------------------------------------------------
 def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], coverage: Coverage, lexicon: Lexicon,
-                detail: bool = False) -> Plan:
+                detail: bool = False, scope: str = "all") -> Plan:
     reading = query.reading or Reading(detect_settings(query.text), None)  # type: ignore[arg-type]
     plan = Plan(reading, slots=coverage.slots)
     dm = document_map(index)
@@ -227,7 +239,7 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], coverage: Cov
     if facet == AUTHORS and dm.author_rows:
         blocks = _authors(index, query, dm, settings)
     elif plan.literature:
-        blocks = _general(index, query, coverage, dm, settings, plan, lexicon, allow_cards=True)
+        blocks = _general(index, query, coverage, dm, settings, plan, lexicon, allow_cards=scope == "all")
     elif facet == MANAGEMENT and dm.topics:
         blocks = _management(index, query, coverage, dm, settings, reading.setting.compare, lexicon, plan)
     elif facet == VOTE:
@@ -283,7 +295,7 @@ def _lead_block(index: StoredIndex, c: Candidate, scores: dict[int, float], role
     for step in (1, -1):
         r = c.row + step
         while (r in passage_rows and scores.get(r, 0.0) >= floor and len(rows) < LEAD_MAX_SENTENCES
-               and length(rows + [r]) <= LEAD_MAX_CHARS):
+               and length(rows + [r]) <= LEAD_MAX_CHARS and joinable(index, min(r, r - step), max(r, r - step))):
             rows.append(r)
             r += step
     rows.sort()
@@ -322,7 +334,7 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
         return []
     if allow_cards and coverage.slots and RECORD_ASKED.search(query.text):
         # "［3］是哪篇文献？": the card's candidate record, whole, answers; then the citing sentence.
-        blocks = [Block(row, list(index.passage_sentences[row]), "lead", why="the candidate record of the reference asked")
+        blocks = [Block(row, list(index.passage_sentences[row][:1]), "lead", why="the candidate record of the reference asked")
                   for row in _record_rows(index, coverage.slots)]
         citing = [c for c in cands if c.passage.doc_kind == "consensus"]
         if blocks and citing:
@@ -341,7 +353,7 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
             break
         if c.row in used or c.score < KEEP_RATIO * best:
             continue
-        if blocks[-1].row == c.hit.row and c.row == blocks[-1].sentences[-1] + 1:
+        if blocks[-1].row == c.hit.row and joinable(index, blocks[-1].sentences[-1], c.row):
             blocks[-1].sentences.append(c.row)
         elif not coverage.slots and not why_asked and c.hit.row != blocks[0].row:
             # Another passage is another subject more often than not: one block answers.
@@ -357,7 +369,7 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
     return blocks
 
 
-RECORD_ASKED = re.compile(r"哪篇|哪一篇|是什么文献|是什么\W*$|候选文献|哪些研究|哪个版本|出处|which (?:paper|article|study|reference)|what is (?:reference|ref)", re.I)
+RECORD_ASKED = re.compile(r"哪篇|哪一篇|是什么文献|(?:文献|[］\]])\s*是什么\W*$|候选文献|哪些研究|哪个版本|出处|which (?:paper|article|study|reference)|what is (?:reference|ref)", re.I)
 
 
 def _record_rows(index: StoredIndex, slots: tuple[int, ...]) -> list[int]:
@@ -378,7 +390,7 @@ def _value(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap
     lead = Block(c.hit.row, _complete_clause(index, [c.row]), "lead", why=f"states the value asked ({query.reading.intent.cue})")
     blocks = [lead]
     nxt = c.row + 1
-    if nxt < len(index.sentences) and index.sentences[nxt].passage_id == c.sentence.passage_id and re.match(
+    if joinable(index, c.row, nxt) and re.match(
             r"^(其中|但|但是|然而)", _sentence_text(index, nxt)):
         lead.sentences.append(nxt)  # "其中，20%~25%的小肠GIST…" refines the figure just stated
     return blocks
@@ -449,6 +461,11 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
     drugs = _drugs(query.all_concepts, lexicon) - {"imatinib"}
     groups = _management_groups(settings)
     per_setting = not settings or compare or len(groups) > 1
+    if not settings and not _names_a_treatment(query, lexicon):
+        # "预后评估下一步需要做什么": no treatment named and no setting, so not a question of what to
+        # give in which setting; the best sentences answer it.
+        plan.explain.append("management words, but no treatment and no setting named: answered as a general question")
+        return _general(index, query, coverage, dm, settings, plan, lexicon, allow_cards=False)
     blocks: list[Block] = []
     for g in groups:
         topic = _topic_for(dm, g)
@@ -471,11 +488,28 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
         if per_setting:
             blocks.append(panel)
             continue
+        best = _best_in_topic(coverage, topic, dm)
+        lead_rows = set(rec)
+        if best is not None and best.row not in lead_rows:
+            in_lead = [c.score for c in coverage.candidates if c.row in lead_rows]
+            if best.hit.row == panel_row and joinable_run(index, rec[-1], best.row):
+                # The question is answered by a later sentence of the recommendation itself
+                # ("个体化调整"): quote the recommendation through it.
+                panel.sentences = list(range(rec[0], best.row + 1))
+                lead_rows = set(panel.sentences)
+            elif _says_more(index, query, best.row, rec) >= SPECIFIC_MARGIN:
+                # A sentence of the setting that answers this particular question better than the
+                # recommendation does ("剂量可以调整吗"): it leads, the recommendation follows.
+                blocks.append(Block(best.hit.row, _complete_clause(index, [best.row]), "lead",
+                                    why=f"answers the question better than the recommendation (score {best.score:.3f})"))
+                panel.role = "context"
         guideline = _guideline_sentence(index, topic, query, lexicon, drugs)
         rec_states_dose = any(DOSE_PATTERN.search(_sentence_text(index, r)) for r in rec)
         asks_guideline = bool(GUIDELINE_NAMED.search(query.text) or guideline_named(query, lexicon))
         asks_number = bool(NUMBER_ASKED.search(to_simplified(query.text).lower()))
-        if guideline is not None and (asks_guideline or (asks_number and not rec_states_dose)):
+        if blocks and guideline is not None and any(guideline in b.sentences for b in blocks):
+            guideline = None
+        if guideline is not None and (asks_guideline or (asks_number and not rec_states_dose)) and not blocks:
             # "CSCO指南推荐什么" / "加到多少": the guideline sentence that states it leads.
             blocks.append(Block(index.sentence_passage[guideline].item(), [guideline], "lead",
                                 why="the guideline sentence the question asks for (it names the guideline or the number)"))
@@ -494,6 +528,42 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
         plan.explain.append("management question " + ("comparing settings" if compare else "naming no setting")
                             + ": one labelled line per setting")
     return blocks
+
+
+def _names_a_treatment(query: Query, lexicon: Lexicon) -> bool:
+    """A drug, a dose or a therapy named, or a dose asked: the question is about what to give."""
+    return "dose" in query.attributes or any(
+        lexicon.concepts[c].type in ("drug", "dose_level", "dose_value", "therapy") for c in query.all_concepts)
+
+
+def _best_in_topic(coverage: Coverage, topic: Topic, dm: DocumentMap) -> Candidate | None:
+    for c in coverage.candidates:
+        if dm.topic_of_row.get(c.hit.row) is topic and c.passage.evidence_kind in ("panel", "guideline"):
+            return c
+    return None
+
+
+def _says_more(index: StoredIndex, query: Query, row: int, rows: list[int]) -> float:
+    """How much more of the question's own wording (weighted by rarity) a sentence holds than the
+    recommendation does: "剂量可以调整吗" is answered by the sentence on adjusting the dose."""
+    from bot.compose import term_weights
+
+    terms = set(query.content_terms)
+    if not terms:
+        return 0.0
+    weights = term_weights(index, terms)
+    total = sum(weights.values()) or 1.0
+
+    def share(text: str) -> float:
+        norm = normalize_for_match(text)
+        return sum(w for t, w in weights.items() if t in norm) / total
+
+    return share(_sentence_text(index, row)) - share(" ".join(_sentence_text(index, r) for r in rows))
+
+
+def joinable_run(index: StoredIndex, a: int, b: int) -> bool:
+    """Rows a..b read as one quote (each next to the one before, on one line)."""
+    return b > a and all(joinable(index, r, r + 1) for r in range(a, b))
 
 
 def guideline_named(query: Query, lexicon: Lexicon) -> set[str]:

@@ -72,6 +72,8 @@ class Answer:
     scope: str = "all"
     writer: str = "extractive"
     notes: list[str] = field(default_factory=list)
+    # Why the answer is what it is (gistqa ask --explain): setting, facet, candidates, blocks.
+    explain: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
