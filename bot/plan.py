@@ -35,6 +35,7 @@ LEAD_MAX_CHARS = 220
 KEEP_RATIO = 0.80  # a further block must score this share of the lead's score
 NEIGHBOUR_RATIO = 0.75  # an adjacent sentence joins the lead block at this share of its score
 SPECIFIC_MARGIN = 0.15  # a sentence of the setting leads over its recommendation when it holds this much more of the question's wording
+VOTE_OPTION_WEIGHT = 0.5  # an option repeated in the question marks its item
 ANSWER_BUDGET = 430  # characters of quoted text: above it, context blocks (a vote, a second sentence) are left out
 GENERAL_MAX_BLOCKS = 2  # a question with no management facet: the sentence that answers and at most one more
 MECHANISM_BONUS = 0.3  # for why: a sentence that names a mechanism or a cause leads
@@ -238,6 +239,8 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], coverage: Cov
     max_blocks = MAX_BLOCKS_DETAIL if detail else MAX_BLOCKS
     if facet == AUTHORS and dm.author_rows:
         blocks = _authors(index, query, dm, settings)
+    elif facet == VOTE:
+        blocks = _vote(index, query, coverage, dm, settings, lexicon)
     elif plan.literature:
         blocks = _general(index, query, coverage, dm, settings, plan, lexicon, allow_cards=scope == "all")
     elif facet == MANAGEMENT and dm.topics:
@@ -398,6 +401,9 @@ def _value(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap
 
 def _authors(index: StoredIndex, query: Query, dm: DocumentMap, settings: tuple[str, ...]) -> list[Block]:
     named = [r for r in dm.author_rows if any(n in query.text and n in index.passages[r].text for n in dm.author_names)]
+    if not named:  # an e-mail address or a hospital named in the question
+        named = [r for r in dm.author_rows if any(len(w) >= 5 and w in index.passages[r].text
+                                                  for w in re.findall(r"[\w.@\-]+|[\u4e00-\u9fff]{5,}", query.text))]
     if not named and settings:
         named = [r for r in dm.author_rows if _in_settings(dm.topic_of_row[r].settings, settings)]
     if not named:
@@ -419,13 +425,18 @@ def _vote(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap,
     hit_of = {c.hit.row: c.hit for c in coverage.candidates}
     if coverage.vote_hit is not None:
         hit_of[coverage.vote_hit.row] = coverage.vote_hit
-    if coverage.vote_hit is not None and any(row == coverage.vote_hit.row for row, _ in votes):
-        best = coverage.vote_hit.row
-    else:
-        best_fused = max((h.score for h in hit_of.values()), default=1.0) or 1.0
-        dummy = {row: hit_of.get(row) or Hit(row, p, 0.0, 0.0, 0.0) for row, p in votes}
-        best_dense = max((h.dense for h in dummy.values()), default=0.0)
-        best = max(dummy, key=lambda r: _vote_score(dummy[r], query, lexicon, best_fused, best_dense))
+    best_fused = max((h.score for h in hit_of.values()), default=1.0) or 1.0
+    dummy = {row: hit_of.get(row) or Hit(row, p, 0.0, 0.0, 0.0) for row, p in votes}
+    best_dense = max((h.dense for h in dummy.values()), default=0.0)
+    asked = _bigrams(query.text)
+
+    def option_named(row: int) -> float:
+        """The share of an option's wording the question repeats ("选标准剂量400的专家")."""
+        return max((len(_bigrams(o.text) & asked) / max(1, len(_bigrams(o.text)))
+                    for o in index.passages[row].vote.options), default=0.0)
+
+    best = max(dummy, key=lambda r: _vote_score(dummy[r], query, lexicon, best_fused, best_dense)
+               + VOTE_OPTION_WEIGHT * option_named(r))
     blocks = [Block(best, [], "vote", why="the vote item of the asked setting")]
     # The topic's own sentence on how the panel voted, if the topic has one.
     for c in coverage.candidates:
@@ -497,7 +508,8 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
                 # ("个体化调整"): quote the recommendation through it.
                 panel.sentences = list(range(rec[0], best.row + 1))
                 lead_rows = set(panel.sentences)
-            elif _says_more(index, query, best.row, rec) >= SPECIFIC_MARGIN:
+            elif (_says_more(index, query, best.row, rec) >= SPECIFIC_MARGIN
+                  and (not in_lead or best.score >= max(in_lead))):
                 # A sentence of the setting that answers this particular question better than the
                 # recommendation does ("剂量可以调整吗"): it leads, the recommendation follows.
                 blocks.append(Block(best.hit.row, _complete_clause(index, [best.row]), "lead",
@@ -548,7 +560,11 @@ def _says_more(index: StoredIndex, query: Query, row: int, rows: list[int]) -> f
     recommendation does: "剂量可以调整吗" is answered by the sentence on adjusting the dose."""
     from bot.compose import term_weights
 
-    terms = set(query.content_terms)
+    # The setting's own words ("辅助治疗结束后复发") place the question; they say nothing about which
+    # sentence of the setting answers it.
+    setting_words = "".join(query.reading.setting.cues) if query.reading else ""
+    terms = {t for t in query.content_terms if t not in normalize_for_match(setting_words)
+             and not re.fullmatch(r"[辅助术后治疗复发转移晚期一线停药结束期间]+", t)}
     if not terms:
         return 0.0
     weights = term_weights(index, terms)

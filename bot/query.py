@@ -124,6 +124,7 @@ _VARIANT = re.compile(r"^[A-Z]\d{2,4}(?:_[A-Z]\d{2,4})?(?:dup|del|ins)?", re.I)
 
 def unknown_entities(text: str, lexicon: Lexicon, corpus_norm: str) -> list[str]:
     """Entity-looking words that the corpus never mentions (e.g. a drug or gene it does not cover)."""
+    text = to_simplified(text)  # the corpus is simplified: "伊馬替尼" is "伊马替尼"
     known_spans = [(m.start, m.end) for m in lexicon.concept_matches(text)]
     in_known_exon = any(lexicon.concepts[m.id].type == "mutation" and m.id in ("exon9",) for m in lexicon.concept_matches(text))
     out = []

@@ -122,7 +122,7 @@ _MANAGEMENT = re.compile(r"怎么办|怎么处理|如何处理|怎么治|如何�
 _EVIDENCE_QUESTION = re.compile(r"证据|研究|一致|明确|达成|阐明|充分|支持|争议|效果如何|疗效如何|有没有.{0,6}推荐|有.{0,4}推荐吗|"
                                 r"evidence|studies|study|consistent|agree|clear recommendation")
 # A question asking for a number ("加到多少", "多大剂量", "how much"): the sentence stating it leads.
-NUMBER_ASKED = re.compile(r"多少|多大|几毫克|几级|几成|上限|最多|最高|最大|how much|what dose|which dose|how many|what level|grade")
+NUMBER_ASKED = re.compile(r"多少|多大|几毫克|几级|几成|上限|最多|最高|最大|how much|(?:what|which) (?:\w+ )?dose|how many|what level|grade|maximum|up to")
 # A question that names a guideline: the guideline's own sentence leads.
 GUIDELINE_NAMED = re.compile(r"指南|csco|nccn|esmo|guideline|西班牙|spanish", re.I)
 
@@ -165,8 +165,8 @@ def detect_facet(text: str, attributes: set[str], concepts: set[str], author_nam
     number = NUMBER_ASKED.search(t)
     if _EVIDENCE_QUESTION.search(t) and not number and not re.search(r"怎么办|怎么处理|如何处理|what (?:should|to do)", t):
         return Intent(GENERAL, "evidence")
-    if m or ("dose" in attributes and number):
-        return Intent(MANAGEMENT, m.group(0) if m else number.group(0))
+    if m or "dose" in attributes:
+        return Intent(MANAGEMENT, m.group(0) if m else (number.group(0) if number else "dose"))
     if len(re.sub(r"\s", "", t)) <= SHORT_QUESTION and detect_settings(t).specific and not re.search(
             r"证据|研究|文献|指南|预后|机制|比例|为什么|evidence|study|guideline|prognos", t):
         # "那辅助治疗呢？" / "停药后复发？": a setting named bare asks for its bottom line.
