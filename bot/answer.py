@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 from bot.compose import CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS, asks_about_literature, judge_coverage, question_slots
-from bot.plan import GROUP_LABELS, GROUP_OF, DocumentMap, Plan, document_map, plan_answer
+from bot.plan import GROUP_LABELS, GROUP_OF, DocumentMap, Plan, allowed, document_map, plan_answer
 from bot.setting import SETTING_LABELS, TOPIC_SHORT
 from bot.query import Query, analyse
 from bot.retrieve import Hit, in_scope, prefer_sources, promote_references, retrieve
@@ -158,8 +158,10 @@ class Bot:
             # The plan's own passages first (the setting-aware evidence), then the rest retrieved.
             planned = list(dict.fromkeys(index.passages[b.row].passage_id for b in plan.blocks))
             by_id = index.passage_by_id
+            settings = plan.reading.setting.settings
             passages = [by_id[pid] for pid in planned] + [
-                by_id[rp.passage_id] for rp in result.passages if rp.passage_id not in planned and rp.passage_id in by_id]
+                by_id[rp.passage_id] for rp in result.passages if rp.passage_id not in planned and rp.passage_id in by_id
+                and allowed(dm.row_of[rp.passage_id], by_id[rp.passage_id], dm, settings, cards=plan.literature)]
             return llm_answer(self, result, passages[: self.settings.passages_returned], query.history,
                               writer=llm_writer, stream=stream)
         return result

@@ -355,6 +355,7 @@ def llm_answer(bot, extractive: Answer, passages: list[Passage], history: list[s
     survives; a refusal as it is, without calling the model."""
     t0 = time.perf_counter()
     timing = dict(extractive.timing_ms)
+    timing["extractive"] = timing.get("total", 0.0)  # the plan and its extractive rendering, done once
     if extractive.refused:
         return extractive
     question = extractive.question

@@ -269,11 +269,11 @@ def _record_candidates(plan: Plan, candidates: list[Candidate], index: StoredInd
         plan.candidates.append({
             "sentence": c.sentence.text[:40], "place": c.passage.section, "score": round(c.score, 3),
             "topic_settings": list(topic.settings) if topic else [],
-            "in_setting": _allowed(c.hit.row, c.passage, dm, settings, cards=True),
+            "in_setting": allowed(c.hit.row, c.passage, dm, settings, cards=True),
         })
 
 
-def _allowed(row: int, passage, dm: DocumentMap, settings: tuple[str, ...], cards: bool) -> bool:
+def allowed(row: int, passage, dm: DocumentMap, settings: tuple[str, ...], cards: bool) -> bool:
     """May this passage answer a question about these settings? Its topic must be one of them;
     the introduction speaks of the disease in general and is always allowed; a reference card only
     for a question about the literature."""
@@ -308,7 +308,7 @@ def _lead_block(index: StoredIndex, c: Candidate, scores: dict[int, float], role
 def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap, settings: tuple[str, ...],
              plan: Plan, lexicon: Lexicon, allow_cards: bool) -> list[Block]:
     cands = [c for c in coverage.candidates if quotable(c.passage)
-             and _allowed(c.hit.row, c.passage, dm, settings, cards=allow_cards)]
+             and allowed(c.hit.row, c.passage, dm, settings, cards=allow_cards)]
     if allow_cards and coverage.slots:
         # A question about reference n: the sentence citing it and the reference's own text.
         own = [c for c in cands if c.passage.doc_kind != "consensus" and c.passage.ref_slot in coverage.slots]
@@ -329,7 +329,7 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
         # What a paper found is in its findings, not in its bibliographic record.
         cands.sort(key=lambda c: 0 if c.passage.doc_kind == "consensus" else (1 if c.passage.section_path[-1].startswith("主要发现") else 2))
     cands = with_qualifiers(cands[:1], coverage.candidates, index) + cands[1:] if cands else []
-    dropped = len(coverage.candidates) - len([c for c in coverage.candidates if _allowed(
+    dropped = len(coverage.candidates) - len([c for c in coverage.candidates if allowed(
         c.hit.row, c.passage, dm, settings, cards=allow_cards)])
     if dropped:
         plan.explain.append(f"{dropped} candidate sentences dropped: another setting, or a reference card for a clinical question")
@@ -386,7 +386,7 @@ def _record_rows(index: StoredIndex, slots: tuple[int, ...]) -> list[int]:
 
 def _value(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap, settings: tuple[str, ...],
            plan: Plan) -> list[Block]:
-    stating = [c for c in coverage.stating if quotable(c.passage) and _allowed(c.hit.row, c.passage, dm, settings, cards=plan.literature)]
+    stating = [c for c in coverage.stating if quotable(c.passage) and allowed(c.hit.row, c.passage, dm, settings, cards=plan.literature)]
     if not stating:
         return []
     c = stating[0]
@@ -441,7 +441,7 @@ def _vote(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap,
     # The topic's own sentence on how the panel voted, if the topic has one.
     for c in coverage.candidates:
         if (c.passage.doc_kind == "consensus" and c.passage.vote is None and "投票" in c.sentence.text
-                and _allowed(c.hit.row, c.passage, dm, dm.vote_settings.get(best, ()), cards=False)
+                and allowed(c.hit.row, c.passage, dm, dm.vote_settings.get(best, ()), cards=False)
                 and dm.topic_of_row.get(c.hit.row) is not None):
             blocks.append(Block(c.hit.row, [c.row], "context", why="the topic's sentence on the vote"))
             break

@@ -244,8 +244,9 @@ def test_browser_thumbs_down_with_comment_is_saved(page, feedback_file):
 
 @pytest.mark.browser
 def test_browser_follow_up_question_uses_the_earlier_questions(page, bot):
+    _ask(page, "停药后复发，专家投票结果如何？")
     asked = [m.inner_text() for m in page.locator("#gq-chat .message.user").all()]
-    follow_up = "那一线治疗呢？"
+    follow_up = "那辅助期间复发呢？"  # the vote of the other setting: only the history says "vote"
     with_history = bot.answer(follow_up, history=asked, scope="all")
     alone = bot.answer(follow_up, history=[], scope="all")
     telling = [q.text for q in with_history.quotes if f"「{q.text}」" in with_history.answer and q.text not in alone.answer]

@@ -90,12 +90,14 @@ def test_faithful_answer_keeps_its_quotes_and_shows_citations(llm_bot, fake, sto
         assert f"「{q.text}」〔{place_of(by_id[q.passage_id])}〕" in result.answer
     assert "即每日600 mg" in result.answer and not re.search(r"\[\d+\]", result.answer)
     assert result.dropped == [] and "llm" in result.timing_ms
-    assert result.passages and result.vote is not None  # copied from the extractive result
+    assert result.passages and result.vote is None  # as the extractive plan: no vote item answers a first-line dose
     # The prompt: the rules, then every retrieved passage numbered [1]..[n] with its section and kind.
     assert len(fake.requests) == 1
     system, user = (m["content"] for m in fake.requests[0]["messages"])
     assert system == SYSTEM_PROMPT
-    for n, p in enumerate(retrieved_passages(stored_index, result), 1):
+    given = [p for p in retrieved_passages(stored_index, result) if f"<<<段落开始\n{p.text}\n段落结束>>>" in user]
+    assert len(given) == len(re.findall(r"^\[\d+\] 出处：", user, re.M)) >= 2
+    for n, p in enumerate(given, 1):
         assert f"[{n}] 出处：{place_of(p)}；证据类型：{p.evidence_label}\n<<<段落开始\n{p.text}\n段落结束>>>" in user
 
 
@@ -114,14 +116,24 @@ def test_fabricated_quote_and_quote_from_another_passage_are_removed(llm_bot, fa
 
 
 def test_wrong_dose_beside_a_true_quote_removes_the_sentence(llm_bot, fake, stored_index):
-    """800 mg/d stands in another retrieved passage, but not in the one this sentence cites."""
-    fake.script(replying("「" + FIRST_LINE + "」[{a}]。\n复发时「" + RELAPSE_DOSE + "」[{c}]，最高可用800 mg/d。",
-                         a=FIRST_LINE, c=RELAPSE_DOSE))
+    """800 mg/d stands in another passage given (the guideline's), but not in the one this sentence cites."""
+    fake.script(replying("「" + CHINA_DOSE + "」[{b}]。\n专家认为「" + FIRST_LINE + "」[{a}]，最高可用800 mg/d。",
+                         a=FIRST_LINE, b=CHINA_DOSE))
     result = llm_bot.answer(DOSE_Q)
-    assert result.writer == "llm" and [q.text for q in result.quotes] == [FIRST_LINE]
-    assert "800" not in result.answer and RELAPSE_DOSE not in result.answer
+    assert result.writer == "llm" and [q.text for q in result.quotes] == [CHINA_DOSE]
+    assert FIRST_LINE not in result.answer
     (d,) = result.dropped
-    assert d.what == "number" and "800" in d.reason and RELAPSE_DOSE in d.text
+    assert d.what == "number" and "800" in d.reason and FIRST_LINE in d.text
+
+
+def test_the_model_is_given_the_setting_of_the_question_only(llm_bot, fake, stored_index):
+    """One plan, two writers: the LLM gets the plan's setting-aware passages, never another
+    setting's recommendation (the adjuvant 不建议…高剂量 for a first-line question)."""
+    fake.script(FAITHFUL)
+    llm_bot.answer(DOSE_Q)
+    user = fake.requests[0]["messages"][-1]["content"]
+    assert FIRST_LINE in user and CHINA_DOSE in user
+    assert "不建议KIT外显子9突变患者接受高剂量伊马替尼辅助治疗" not in user and RELAPSE_DOSE not in user
 
 
 def test_citation_of_a_passage_not_given_is_removed(llm_bot, fake, stored_index):
@@ -240,13 +252,13 @@ def test_model_saying_not_covered_gives_the_extractive_answer(llm_bot, fake):
 
 
 # --- the verifier on its own ----------------------------------------------------------------
-def _passages(index, *ids):
-    by_id = {p.passage_id: p for p in index.passages}
-    return [by_id[i] for i in ids]
+def _passages(index, *snippets):
+    """The passages holding each snippet (found by text: passage ids move when the corpus does)."""
+    return [next(p for p in index.passages if s in p.text and p.doc_id == "consensus") for s in snippets]
 
 
 def test_quote_holding_a_full_stop_stays_one_sentence_and_markers_after_it_count(stored_index):
-    ps = _passages(stored_index, "consensus#p4")
+    ps = _passages(stored_index, CHINA_DOSE)
     whole = "因为该基因突变患者对标准剂量伊马替尼的治疗敏感性较差，因此需要提高剂量治疗。该推荐与全球其他权威指南（如 NCCN 和 ESMO）基本一致［2-3］。"
     markdown, quotes, dropped = verify_llm_answer(f"「{whole}」[1]\n「{CHINA_DOSE}」。[1]", ps, stored_index)
     assert dropped == [] and [q.text for q in quotes] == [whole, CHINA_DOSE]
@@ -254,7 +266,7 @@ def test_quote_holding_a_full_stop_stays_one_sentence_and_markers_after_it_count
 
 
 def test_unquoted_prose_must_be_short_connective_text(stored_index, bot):
-    ps = _passages(stored_index, "consensus#p4")
+    ps = _passages(stored_index, CHINA_DOSE)
     text = ("综上所述，结论如下：\n"
             "建议高剂量辅助治疗。\n"
             "这个问题在临床上非常重要，医生们在实践中往往需要综合考虑多方面的因素，并结合患者的具体情况做出判断。\n"
@@ -279,7 +291,7 @@ def test_ollama_native_url_gets_the_ollama_client_and_v1_urls_the_openai_one(set
 
 def test_quote_that_cuts_off_a_negation_is_removed(stored_index):
     """「建议……高剂量伊马替尼辅助治疗」 is verbatim, but the source says 不建议."""
-    ps = _passages(stored_index, "consensus#p11")
+    ps = _passages(stored_index, "我们推荐：在缺少有效证据的情况下")
     cut = "建议KIT外显子9突变患者接受高剂量伊马替尼辅助治疗"
     whole = "不建议KIT外显子9突变患者接受高剂量伊马替尼辅助治疗"
     assert cut in ps[0].text

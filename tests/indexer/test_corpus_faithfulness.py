@@ -85,15 +85,22 @@ def test_structure_three_topics_with_their_parts():
     assert len(topics) == 3
     for topic in topics:
         kinds = {p.evidence_kind for p in passages if p.section_path[0] == topic}
-        assert kinds == {"guideline", "evidence", "panel"}, topic
+        assert kinds == {"guideline", "evidence", "panel", "authors"}, topic
     intro = [p for p in passages if p.evidence_kind == "intro"]
     assert len(intro) == 3 and intro[0].text.startswith("导语：")
 
 
-def test_authors_are_metadata_not_passages():
+def test_each_topic_byline_is_one_quotable_authors_passage():
+    """Who wrote a part, where they work and their e-mail are quotable (作者信息), one passage per
+    topic, and adding them does not renumber the text's paragraphs (第n段 stays where it was)."""
     text = CURATED.read_text(encoding="utf-8")
     meta, _ = parse_front_matter(text)
     emails = [s["email"] for s in meta["sections"] if "email" in s]
     assert emails == ["zhangbo7310@126.com", "zhangpengwh@hust.edu.cn", "wuxj@sysucc.org.cn"]
     passages = split_passages(load_document(CURATED, REPO / "corpus"))
-    assert not any("@" in p.text for p in passages)
+    bylines = [p for p in passages if p.evidence_kind == "authors"]
+    assert [e for p in bylines for e in emails if e in p.text] == emails
+    assert all(p.section_path[-1] == "作者信息" and not p.text.startswith(">") for p in bylines)
+    assert not any("@" in p.text for p in passages if p.evidence_kind != "authors")
+    first_parts = [p for p in passages if p.evidence_kind == "guideline"]
+    assert all(p.paragraph == 1 for p in first_parts)
