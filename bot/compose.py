@@ -29,7 +29,8 @@ ATTRIBUTE_NAMES = {
     "dose": "剂量", "duration": "疗程（持续时间）", "timing": "时机", "percentage": "比例",
     "vote": "投票结果", "side_effects": "不良反应", "survival_rate": "生存率", "median_survival": "中位生存期",
     "schedule": "给药方案", "doi": "DOI", "pmid": "PMID", "pages": "卷期页码", "sample_size": "样本量",
-    "hazard_ratio": "风险比", "follow_up_time": "随访时间", "count": "人数",
+    "hazard_ratio": "风险比", "follow_up_time": "随访时间", "count": "人数", "response_rate": "缓解率",
+    "site": "发生部位",
 }
 _SLOT_QUESTION = re.compile(r"(?:参考文献|文献|引用|ref(?:erence)?\.?|citation)\s*[［\[]?\s*(\d{1,2})(?!\d)|[［\[]\s*(\d{1,2})\s*[］\]]", re.I)
 # Score weights of a sentence (see score_sentences); named, not buried.
@@ -46,6 +47,7 @@ _LITERATURE_WORDS = re.compile(r"(文献|研究|引用|参考|试验|作者|期�
 # Concept types that place or qualify a question but are no subject of their own ("一线" alone is
 # as much about hypertension as about GIST).
 NO_SUBJECT_TYPES = {"setting", "generic", "method", "question_word", "property", "dose_level"}
+SETTING_BIGRAM = re.compile(r"一线|二线|辅助|术后|复发|转移|晚期|停药|初诊|治疗")
 DENSE_WINDOW = 0.08  # cosines within this distance of the best count as close (e5 cosines are compressed)
 TOP_PASSAGES = 6
 COOCCURRENCE_PASSAGES = 10  # focal concepts must meet in one of the best passages
@@ -279,7 +281,9 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
 
     # 2. No subject matter in common with the corpus.
     has_subject = any(lexicon.concepts[c].type not in NO_SUBJECT_TYPES for c in query.all_concepts) or bool(slots)
-    best_terms = max((sum(1 for t in set(query.content_terms) if t in normalize_for_match(c.sentence.text))
+    # Words that only place a question (一线, 辅助, 复发) or single characters are no shared subject.
+    subject_terms = {t for t in query.content_terms if len(t) >= 2 and not SETTING_BIGRAM.fullmatch(t)}
+    best_terms = max((sum(1 for t in subject_terms if t in normalize_for_match(c.sentence.text))
                       for c in candidates[:10]), default=0)
     if not has_subject and best_terms < 2:
         return _refuse("问题与本知识库的主题（KIT突变胃肠间质瘤的伊马替尼治疗）无关")

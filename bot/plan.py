@@ -35,7 +35,7 @@ LEAD_MAX_CHARS = 220
 KEEP_RATIO = 0.80  # a further block must score this share of the lead's score
 NEIGHBOUR_RATIO = 0.75  # an adjacent sentence joins the lead block at this share of its score
 SPECIFIC_MARGIN = 0.15  # a sentence of the setting leads over its recommendation when it holds this much more of the question's wording
-VOTE_OPTION_WEIGHT = 0.5  # an option repeated in the question marks its item
+VOTE_OPTION_WEIGHT = 1.0  # an option repeated in the question marks its item
 ANSWER_BUDGET = 430  # characters of quoted text: above it, context blocks (a vote, a second sentence) are left out
 GENERAL_MAX_BLOCKS = 2  # a question with no management facet: the sentence that answers and at most one more
 MECHANISM_BONUS = 0.3  # for why: a sentence that names a mechanism or a cause leads
@@ -339,9 +339,6 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
         # "［3］是哪篇文献？": the card's candidate record, whole, answers; then the citing sentence.
         blocks = [Block(row, list(index.passage_sentences[row][:1]), "lead", why="the candidate record of the reference asked")
                   for row in _record_rows(index, coverage.slots)]
-        citing = [c for c in cands if c.passage.doc_kind == "consensus"]
-        if blocks and citing:
-            blocks.append(Block(citing[0].hit.row, [citing[0].row], "context", why="the consensus sentence citing it"))
         if blocks:
             return blocks
     scores = {c.row: (why_score(c) if why_asked else c.score) for c in cands}
@@ -358,7 +355,8 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
             continue
         if blocks[-1].row == c.hit.row and joinable(index, blocks[-1].sentences[-1], c.row):
             blocks[-1].sentences.append(c.row)
-        elif not coverage.slots and not why_asked and c.hit.row != blocks[0].row:
+        elif not coverage.slots and ((not why_asked and c.hit.row != blocks[0].row) or (
+                why_asked and c.passage.section_path[0] != index.passages[blocks[0].row].section_path[0])):
             # Another passage is another subject more often than not: one block answers.
             plan.explain.append(f"not quoted (another passage): {c.sentence.text[:24]}…")
             continue
@@ -409,8 +407,9 @@ def _authors(index: StoredIndex, query: Query, dm: DocumentMap, settings: tuple[
     if not named:
         words = _bigrams(query.text)
         scored = sorted(dm.author_rows, key=lambda r: -len(words & _bigrams(dm.topic_of_row[r].title)))
-        best = len(words & _bigrams(dm.topic_of_row[scored[0]].title)) if scored else 0
-        named = [scored[0]] if best >= 2 else list(dm.author_rows)
+        overlap = [len(words & _bigrams(dm.topic_of_row[r].title)) for r in scored]
+        unique_best = bool(overlap) and overlap[0] >= 1 and (len(overlap) == 1 or overlap[0] > overlap[1])
+        named = [scored[0]] if unique_best else list(dm.author_rows)
     return [Block(r, list(index.passage_sentences[r]), "authors", why="byline of the part asked") for r in named]
 
 
@@ -550,7 +549,7 @@ def _names_a_treatment(query: Query, lexicon: Lexicon) -> bool:
 
 def _best_in_topic(coverage: Coverage, topic: Topic, dm: DocumentMap) -> Candidate | None:
     for c in coverage.candidates:
-        if dm.topic_of_row.get(c.hit.row) is topic and c.passage.evidence_kind in ("panel", "guideline"):
+        if dm.topic_of_row.get(c.hit.row) is topic and c.passage.evidence_kind in ("panel", "guideline", "evidence"):
             return c
     return None
 

@@ -26,6 +26,7 @@ DETAIL_CONCEPTS = {"imaging", "surgery", "elderly", "risk", "follow_up", "biopsy
 SETTING_TYPES = {"setting"}
 # Attributes whose value must be stated in the source for an answer to exist.
 VALUE_ATTRIBUTES = {"dose", "duration", "timing", "percentage", "vote", "side_effects", "survival_rate", "median_survival", "schedule", "count",
+                    "response_rate", "site",
                     "doi", "pmid", "pages", "sample_size", "hazard_ratio", "follow_up_time"}
 
 _FOLLOWUP_START = re.compile(r"^(那|那么|那如果|如果|还有|然后|另外|再问|and\b|what about|how about|then\b|so\b)", re.I)

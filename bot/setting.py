@@ -32,7 +32,7 @@ TOPIC_SHORT = {FIRST_LINE: "转移性一线与机制", ADJUVANT: "辅助治疗",
 
 # --- the words that place a question ---------------------------------------------------------
 # "新辅助" (neoadjuvant) is another setting the corpus does not cover: never read as adjuvant.
-_ADJUVANT = re.compile(r"(?<!新)辅助|术后|切除后|手术后|根治术|切除术后|adjuvant|post-?operative|after (?:surgery|resection)|resected|"
+_ADJUVANT = re.compile(r"(?<!新)辅助|(?<!新)辅组|付助|术后|切除后|手术后|根治术|切除术后|adjuvant|post-?operative|after (?:surgery|resection)|resected|"
                        r"r0|完整切除|切完")
 # Recurrence or progression as an event. "复发风险/复发率/危险度" is a risk grade (a detail of an
 # adjuvant question), not an event.
@@ -157,7 +157,7 @@ def detect_facet(text: str, attributes: set[str], concepts: set[str], author_nam
         return Intent(VOTE, m.group(0) if m else "vote")
     if "mechanism" in attributes:
         return Intent(WHY, "mechanism")
-    value_attrs = attributes & {"percentage", "count", "duration", "timing", "side_effects", "survival_rate", "median_survival",
+    value_attrs = attributes & {"percentage", "count", "response_rate", "site", "duration", "timing", "side_effects", "survival_rate", "median_survival",
                                 "schedule", "doi", "pmid", "pages", "sample_size", "hazard_ratio", "follow_up_time"}
     if value_attrs:
         return Intent(VALUE, sorted(value_attrs)[0])
