@@ -47,6 +47,7 @@ _LITERATURE_WORDS = re.compile(r"(文献|研究|引用|参考|试验|作者|期�
 # Concept types that place or qualify a question but are no subject of their own ("一线" alone is
 # as much about hypertension as about GIST).
 NO_SUBJECT_TYPES = {"setting", "generic", "method", "question_word", "property", "dose_level"}
+SUBJECT_CONCEPTS = {"vote"}  # the panel's vote (表1) is this corpus's own subject, unlike "experts" or "consensus"
 SETTING_BIGRAM = re.compile(r"一线|二线|辅助|术后|复发|转移|晚期|停药|初诊|治疗")
 DENSE_WINDOW = 0.08  # cosines within this distance of the best count as close (e5 cosines are compressed)
 TOP_PASSAGES = 6
@@ -280,7 +281,8 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
     vote_hit = None if slots else choose_vote(hits, query, lexicon)
 
     # 2. No subject matter in common with the corpus.
-    has_subject = any(lexicon.concepts[c].type not in NO_SUBJECT_TYPES for c in query.all_concepts) or bool(slots)
+    has_subject = any(lexicon.concepts[c].type not in NO_SUBJECT_TYPES or c in SUBJECT_CONCEPTS
+                      for c in query.all_concepts) or bool(slots)
     # Words that only place a question (一线, 辅助, 复发) or single characters are no shared subject.
     subject_terms = {t for t in query.content_terms if len(t) >= 2 and not SETTING_BIGRAM.fullmatch(t)}
     best_terms = max((sum(1 for t in subject_terms if t in normalize_for_match(c.sentence.text))

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from bot.compose import ATTRIBUTE_NAMES, Candidate, Coverage, asks_about_literature, quotable, with_qualifiers
-from bot.query import Query
+from bot.compose import ATTRIBUTE_NAMES, Candidate, Coverage, asks_about_literature, quotable, term_weights, with_qualifiers
+from bot.query import Query, content_terms
 from bot.retrieve import Hit
 from bot.setting import (ADJUVANT, ALL_SETTINGS, AUTHORS, FIRST_LINE, GENERAL, MANAGEMENT, RECUR_AFTER, RECUR_DURING,
                          RECURRENCE, SETTING_LABELS, VALUE, VOTE, WHY, GUIDELINE_NAMED, NUMBER_ASKED, Reading,
@@ -38,7 +38,9 @@ SPECIFIC_MARGIN = 0.15  # a sentence of the setting leads over its recommendatio
 VOTE_OPTION_WEIGHT = 1.0  # an option repeated in the question marks its item
 ANSWER_BUDGET = 430  # characters of quoted text: above it, context blocks (a vote, a second sentence) are left out
 GENERAL_MAX_BLOCKS = 2  # a question with no management facet: the sentence that answers and at most one more
-MECHANISM_BONUS = 0.3  # for why: a sentence that names a mechanism or a cause leads
+MECHANISM_BONUS = 0.3
+LEAD_POOL = 8  # the lead is chosen among this many best candidates of the setting
+LEAD_WORDING_WEIGHT = 0.5  # weight of the question's own wording when choosing the lead  # for why: a sentence that names a mechanism or a cause leads
 CAUSAL = re.compile(r"机制|导致|由于|因为|原因|所致|与以下因素有关")
 DOSE_PATTERN = re.compile(r"\d+\s*(mg|毫克)")
 GROUP_OF = {FIRST_LINE: FIRST_LINE, ADJUVANT: ADJUVANT, RECUR_DURING: "recurrence", RECUR_AFTER: "recurrence"}
@@ -94,6 +96,9 @@ class DocumentMap:
 
 
 _MAPS: dict[str, DocumentMap] = {}
+# Concepts that only place or name the subject of every question here (imatinib is in all of them).
+PLACING_CONCEPTS = {"imatinib", "mutation"}
+SETTING_ONLY = re.compile(r"[辅助术后治疗复发转移晚期一线停药结束期间]+")
 
 
 def _bigrams(text: str) -> set[str]:
@@ -328,6 +333,13 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
     if allow_cards and coverage.slots:
         # What a paper found is in its findings, not in its bibliographic record.
         cands.sort(key=lambda c: 0 if c.passage.doc_kind == "consensus" else (1 if c.passage.section_path[-1].startswith("主要发现") else 2))
+    if cands and not coverage.slots:
+        # The lead is the sentence that holds the question's own words ("一致吗" -> the sentence
+        # saying 基本一致), not only the best-fused one: scores are re-weighed by that share.
+        share = wording_share(index, query, lexicon)
+        head = sorted(cands[:LEAD_POOL], key=lambda c: -(c.score + LEAD_WORDING_WEIGHT * share(c.sentence.text)
+                                                       + (MECHANISM_BONUS if why_asked and why_score(c) > c.score else 0.0)))
+        cands = head + cands[LEAD_POOL:]
     cands = with_qualifiers(cands[:1], coverage.candidates, index) + cands[1:] if cands else []
     dropped = len(coverage.candidates) - len([c for c in coverage.candidates if allowed(
         c.hit.row, c.passage, dm, settings, cards=allow_cards)])
@@ -507,7 +519,7 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
                 # ("个体化调整"): quote the recommendation through it.
                 panel.sentences = list(range(rec[0], best.row + 1))
                 lead_rows = set(panel.sentences)
-            elif (_says_more(index, query, best.row, rec) >= SPECIFIC_MARGIN
+            elif (_says_more(index, query, best.row, rec, lexicon) >= SPECIFIC_MARGIN
                   and (not in_lead or best.score >= max(in_lead))):
                 # A sentence of the setting that answers this particular question better than the
                 # recommendation does ("剂量可以调整吗"): it leads, the recommendation follows.
@@ -554,26 +566,40 @@ def _best_in_topic(coverage: Coverage, topic: Topic, dm: DocumentMap) -> Candida
     return None
 
 
-def _says_more(index: StoredIndex, query: Query, row: int, rows: list[int]) -> float:
+def _says_more(index: StoredIndex, query: Query, row: int, rows: list[int], lexicon: Lexicon) -> float:
     """How much more of the question's own wording (weighted by rarity) a sentence holds than the
     recommendation does: "剂量可以调整吗" is answered by the sentence on adjusting the dose."""
-    from bot.compose import term_weights
+    share = wording_share(index, query, lexicon)
+    return share(_sentence_text(index, row)) - share(" ".join(_sentence_text(index, r) for r in rows))
 
-    # The setting's own words ("辅助治疗结束后复发") place the question; they say nothing about which
-    # sentence of the setting answers it.
-    setting_words = "".join(query.reading.setting.cues) if query.reading else ""
-    terms = {t for t in query.content_terms if t not in normalize_for_match(setting_words)
-             and not re.fullmatch(r"[辅助术后治疗复发转移晚期一线停药结束期间]+", t)}
-    if not terms:
-        return 0.0
-    weights = term_weights(index, terms)
+
+def asked_terms(query: Query, lexicon: Lexicon) -> set[str]:
+    """The question's own subject words: its terms without the words that only place it (the
+    setting: "辅助治疗结束后复发") or name what every question here is about (KIT, exon 9, GIST,
+    伊马替尼, in any spelling): those say nothing about which sentence of the setting answers."""
+    text = to_simplified(query.text)
+    for m in sorted(lexicon.concept_matches(text), key=lambda m: -m.start):
+        concept = lexicon.concepts[m.id]
+        if concept.topic or concept.type in ("setting", "question_word") or m.id in PLACING_CONCEPTS:
+            text = text[:m.start] + " " + text[m.end:]
+    for cue in (query.reading.setting.cues if query.reading else ()):
+        text = re.sub(re.escape(cue), " ", text, flags=re.I)
+    return {t for t in content_terms(normalize_for_match(text)) if not SETTING_ONLY.fullmatch(t)}
+
+
+def wording_share(index: StoredIndex, query: Query, lexicon: Lexicon):
+    """text -> the share (weighted by rarity) of the question's own subject words it holds."""
+    terms = asked_terms(query, lexicon)
+    weights = term_weights(index, terms) if terms else {}
     total = sum(weights.values()) or 1.0
 
     def share(text: str) -> float:
+        if not weights:
+            return 0.0
         norm = normalize_for_match(text)
         return sum(w for t, w in weights.items() if t in norm) / total
 
-    return share(_sentence_text(index, row)) - share(" ".join(_sentence_text(index, r) for r in rows))
+    return share
 
 
 def joinable_run(index: StoredIndex, a: int, b: int) -> bool:
