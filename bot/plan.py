@@ -40,7 +40,7 @@ ANSWER_BUDGET = 430  # characters of quoted text: above it, context blocks (a vo
 GENERAL_MAX_BLOCKS = 2  # a question with no management facet: the sentence that answers and at most one more
 MECHANISM_BONUS = 0.3
 LEAD_POOL = 8  # the lead is chosen among this many best candidates of the setting
-LEAD_WORDING_WEIGHT = 0.5  # weight of the question's own wording when choosing the lead  # for why: a sentence that names a mechanism or a cause leads
+LEAD_WORDING_WEIGHT = 1.0  # weight of the question's own wording when choosing the lead  # for why: a sentence that names a mechanism or a cause leads
 CAUSAL = re.compile(r"机制|导致|由于|因为|原因|所致|与以下因素有关")
 DOSE_PATTERN = re.compile(r"\d+\s*(mg|毫克)")
 GROUP_OF = {FIRST_LINE: FIRST_LINE, ADJUVANT: ADJUVANT, RECUR_DURING: "recurrence", RECUR_AFTER: "recurrence"}
@@ -292,7 +292,7 @@ def allowed(row: int, passage, dm: DocumentMap, settings: tuple[str, ...], cards
     return _in_settings(topic.settings, settings)
 
 
-def _lead_block(index: StoredIndex, c: Candidate, scores: dict[int, float], role: str) -> Block:
+def _lead_block(index: StoredIndex, c: Candidate, scores: dict[int, float], role: str, joins: set[int] = frozenset()) -> Block:
     """A sentence with its well-scoring neighbours of the same passage (a mechanism is two or three
     sentences in a row), up to LEAD_MAX_SENTENCES and LEAD_MAX_CHARS."""
     rows = [c.row]
@@ -302,7 +302,7 @@ def _lead_block(index: StoredIndex, c: Candidate, scores: dict[int, float], role
         return sum(len(_sentence_text(index, r)) for r in rs)
     for step in (1, -1):
         r = c.row + step
-        while (r in passage_rows and scores.get(r, 0.0) >= floor and len(rows) < LEAD_MAX_SENTENCES
+        while (r in passage_rows and (scores.get(r, 0.0) >= floor or r in joins) and len(rows) < LEAD_MAX_SENTENCES
                and length(rows + [r]) <= LEAD_MAX_CHARS and joinable(index, min(r, r - step), max(r, r - step))):
             rows.append(r)
             r += step
@@ -355,7 +355,9 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
             return blocks
     scores = {c.row: (why_score(c) if why_asked else c.score) for c in cands}
     if why_asked:
-        blocks = [_lead_block(index, cands[0], scores, "lead")]
+        # The mechanism is told in consecutive sentences ((1)…(2)…上述因素…): they read as one.
+        causal = {c.row for c in cands if why_score(c) > c.score}
+        blocks = [_lead_block(index, cands[0], scores, "lead", causal)]
     else:
         blocks = [Block(cands[0].hit.row, _complete_clause(index, [cands[0].row]), "lead", why=f"score {cands[0].score:.3f}")]
     used = set(blocks[0].sentences)
@@ -568,8 +570,9 @@ def _best_in_topic(coverage: Coverage, topic: Topic, dm: DocumentMap) -> Candida
 
 def _says_more(index: StoredIndex, query: Query, row: int, rows: list[int], lexicon: Lexicon) -> float:
     """How much more of the question's own wording (weighted by rarity) a sentence holds than the
-    recommendation does: "剂量可以调整吗" is answered by the sentence on adjusting the dose."""
-    share = wording_share(index, query, lexicon)
+    recommendation does: "剂量可以调整吗" is answered by the sentence on adjusting the dose. Doses
+    named in the question ("400还是800") do not count: the recommendation answers which one."""
+    share = wording_share(index, query, lexicon, numbers=False)
     return share(_sentence_text(index, row)) - share(" ".join(_sentence_text(index, r) for r in rows))
 
 
@@ -587,9 +590,9 @@ def asked_terms(query: Query, lexicon: Lexicon) -> set[str]:
     return {t for t in content_terms(normalize_for_match(text)) if not SETTING_ONLY.fullmatch(t)}
 
 
-def wording_share(index: StoredIndex, query: Query, lexicon: Lexicon):
+def wording_share(index: StoredIndex, query: Query, lexicon: Lexicon, numbers: bool = True):
     """text -> the share (weighted by rarity) of the question's own subject words it holds."""
-    terms = asked_terms(query, lexicon)
+    terms = {t for t in asked_terms(query, lexicon) if numbers or not re.search(r"\d", t)}
     weights = term_weights(index, terms) if terms else {}
     total = sum(weights.values()) or 1.0
 

@@ -20,7 +20,7 @@ FOCAL_TYPES = {"drug", "gene", "mutation", "disease", "therapy", "population", "
 # surgery): they never make it "not covered", and they need not meet the other concepts in one
 # passage. Named by concept type and, within a mixed type, by concept id.
 DETAIL_TYPES = {"site"}
-DETAIL_CONCEPTS = {"imaging", "surgery", "elderly", "risk", "follow_up", "biopsy"}
+DETAIL_CONCEPTS = {"imaging", "surgery", "elderly", "risk", "follow_up", "biopsy", "genetic_testing"}
 # The clinical setting is placed by bot/setting.py and answered from its topic: setting words are
 # checked to exist in the corpus (neoadjuvant does not) but need not meet the rest in one passage.
 SETTING_TYPES = {"setting"}

@@ -37,8 +37,10 @@ _ADJUVANT = re.compile(r"(?<!新)辅助|(?<!新)辅组|付助|术后|切除后|�
 # Recurrence or progression as an event. "复发风险/复发率/危险度" is a risk grade (a detail of an
 # adjuvant question), not an event.
 _RECUR = re.compile(r"复发(?!风险|危险|率|的风险|可能)|再发|进展(?!期)|又长|长出|新发|新病灶|出现.{0,4}转移|发现.{0,6}转移|肝转移|腹膜转移|"
+                    r"发现.{0,10}(?:结节|病灶|占位|肿块)|(?:肝|腹膜|腹腔)(?:内)?(?:结节|占位|病灶)|"
                     r"转移了|(?<!性)转移(?!性)|recurs|recurr(?:ed|ence|ent|ing)(?! risk)|relaps|progress|metasta")
-_DURING = re.compile(r"期间|过程中|治疗中|服药中|用药中|吃着|正在|还在吃|还在服|服药时|吃药时|的时候|当中|仍在|"
+_DURING = re.compile(r"期间|过程中|治疗中|服药中|用药中|吃着|正在|还在吃|还在服|在吃|在服|服用中|服药时|吃药时|的时候|当中|仍在|"
+                     r"第\d+个月|第[一二三四五六七八九十]+个月|"
                      r"while on|during|on adjuvant|on imatinib|still taking|while taking")
 _AFTER = re.compile(r"停药|停了|停用|结束后|结束以后|完成后|治疗后|辅助后|吃完|服完|疗程结束|治疗结束|辅助结束|停止|"
                     r"after stopping|after (?:completing|completion|finishing)|after (?:the )?adjuvant|discontinu|stopped|completed|finished|off imatinib")
@@ -113,9 +115,9 @@ def detect_settings(text: str) -> SettingRead:
 MANAGEMENT, WHY, VALUE, VOTE, AUTHORS, GENERAL = "management", "why", "value", "vote", "authors", "general"
 _AUTHORS = re.compile(r"谁写|谁执笔|作者|执笔|撰写|哪个医院|哪家医院|什么医院|哪个单位|哪里的医生|单位|邮箱|email|e-mail|联系方式|"
                       r"who wrote|written by|author|affiliat|which hospital|contact")
-_MANAGEMENT = re.compile(r"怎么办|怎么处理|如何处理|怎么治|如何治|用什么药|吃什么药|换什么药|用药|方案|加量|加到|加至|减量|首选|推荐|建议|应该|"
+_MANAGEMENT = re.compile(r"怎么办|咋办|咋整|咋治|怎么弄|用啥|该用|吃啥|换啥|怎么处理|如何处理|怎么治|如何治|用什么药|吃什么药|换什么药|用药|方案|加量|加到|加至|减量|首选|推荐|建议|应该|"
                          r"下一步|选什么|吃多少|用多少|多大剂量|多少剂量|剂量多少|剂量是多少|要不要|需不需要|能不能|可以用|还能用|怎么调整|如何调整|调整|"
-                         r"上800|上600|换药|换成|怎么用|如何用|"
+                         r"上800|上600|换药|换成|怎么用|如何用|需要(?:上|用|加|吃|换)|要(?:上|用|加|换)|能(?:上|用|加)|可以(?:上|加|换)|"
                          r"what (?:should|to do|next)|how (?:to|should)|manage|which drug|next step|escalat|increase|what dose|which dose|recommend")
 # A question about the state of the evidence or of the guidelines ("证据充分吗", "一致吗") is not
 # one about what to do, even when it names a treatment.
