@@ -298,9 +298,9 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
         return _refuse("本知识库没有与此相关的投票结果")
     stating: list[Candidate] = []
     for attr in sorted(value_attrs):
-        if attr == "percentage" and vote_hit is not None:
-            continue
         found = [c for c in candidates if attr in c.states and _covers_focal(c, query, index, lexicon)]
+        if not found and attr == "percentage" and vote_hit is not None:
+            continue  # a share may be a vote's figure: the table states it
         if not found:
             return _refuse(f"本知识库没有给出这个问题所问的{ATTRIBUTE_NAMES[attr]}")
         stating += [c for c in found if c not in stating]
