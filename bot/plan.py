@@ -34,6 +34,7 @@ LEAD_MAX_SENTENCES = 3  # a lead block (a recommendation paragraph, a mechanism)
 LEAD_MAX_CHARS = 220
 KEEP_RATIO = 0.80  # a further block must score this share of the lead's score
 NEIGHBOUR_RATIO = 0.75  # an adjacent sentence joins the lead block at this share of its score
+COMPARE_WORDS = re.compile(r"区别|不同|差别|差异|相比|比较|对比|分别|compare|differ|versus|vs")
 SPECIFIC_MARGIN = 0.15  # a sentence of the setting leads over its recommendation when it holds this much more of the question's wording
 VOTE_OPTION_WEIGHT = 1.0  # an option repeated in the question marks its item
 ANSWER_BUDGET = 430  # characters of quoted text: above it, context blocks (a vote, a second sentence) are left out
@@ -451,6 +452,15 @@ def _vote(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap,
     best = max(dummy, key=lambda r: _vote_score(dummy[r], query, lexicon, best_fused, best_dense)
                + VOTE_OPTION_WEIGHT * option_named(r))
     blocks = [Block(best, [], "vote", why="the vote item of the asked setting")]
+    if query.reading is not None and query.reading.setting.compare or (len(settings) > 1 and COMPARE_WORDS.search(query.text)):
+        # "辅助期间复发和停药后复发，投票有什么区别": one item per setting compared.
+        for s_ in settings:
+            other = [row for row, _ in votes if row != best and s_ in dm.vote_settings.get(row, ())
+                     and s_ not in dm.vote_settings.get(best, ())]
+            if other and len(blocks) < 2:
+                blocks.append(Block(other[0], [], "vote", why=f"the vote item of the compared setting ({s_})"))
+        if len(blocks) > 1:
+            return blocks
     # The topic's own sentence on how the panel voted, if the topic has one.
     for c in coverage.candidates:
         if (c.passage.doc_kind == "consensus" and c.passage.vote is None and "投票" in c.sentence.text
@@ -531,6 +541,14 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
         guideline = _guideline_sentence(index, topic, query, lexicon, drugs)
         rec_states_dose = any(DOSE_PATTERN.search(_sentence_text(index, r)) for r in rec)
         asks_guideline = bool(GUIDELINE_NAMED.search(query.text) or guideline_named(query, lexicon))
+        other_guideline = guideline_named(query, lexicon) - {"csco"}
+        if other_guideline and guideline is not None and other_guideline & lexicon.concepts_in(_sentence_text(index, guideline)):
+            # "NCCN指南怎么说": that guideline's own sentence answers; the panel's view is another question.
+            blocks.append(Block(index.sentence_passage[guideline].item(), [guideline], "lead",
+                                why="the sentence of the guideline the question names"))
+            continue
+        if rec_states_dose and not asks_guideline:
+            guideline = None  # the recommendation names drug and dose itself: the guideline would repeat it
         asks_number = bool(NUMBER_ASKED.search(to_simplified(query.text).lower()))
         if blocks and guideline is not None and any(guideline in b.sentences for b in blocks):
             guideline = None

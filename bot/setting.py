@@ -133,6 +133,7 @@ _VOTE = re.compile(r"多数专家|专家多数|大多数专家|专家.{0,4}(?:�
 # A share of the panel asked for: "投“是”的专家占多少", "选…的比例", "有人选吗", "what percentage of experts".
 _VOTE_SHARE = re.compile(r"(?:专家|投|选|认同|赞同|同意).{0,24}(?:比例|占多少|占比|占几成|几成|有人选|有没有人选|百分|多少%|多少人)|"
                          r"多少(?:位|名|个)?专家(?:认为|支持|选|赞同|认同|同意|倾向|投)|认同率|赞同率|支持率|"
+                         r"有人选|有没有人选|多少人选|几个人选|的?专家有多少|有多少专家|"
                          r"(?:percentage|share|proportion|how many) of (?:the )?(?:experts|panel)|experts? (?:chose|voted|agreed)")
 # A share asked for in words the lexicon's triggers miss: "占GIST多少", "占多大比例".
 PERCENT_ASKED = re.compile(r"占.{0,14}(?:多少|几成|多大|比例|百分)|what (?:share|fraction|percent)|how many percent")
