@@ -99,6 +99,8 @@ class DocumentMap:
 _MAPS: dict[str, DocumentMap] = {}
 # Concepts that only place or name the subject of every question here (imatinib is in all of them).
 PLACING_CONCEPTS = {"imatinib", "mutation"}
+# Words of every clinical sentence here: they tell no sentence from another.
+GENERIC_TERMS = {"患者", "病人", "治疗", "突变", "基因", "用药", "药物", "病例"}
 SETTING_ONLY = re.compile(r"[辅助术后治疗复发转移晚期一线停药结束期间]+")
 
 
@@ -293,6 +295,15 @@ def allowed(row: int, passage, dm: DocumentMap, settings: tuple[str, ...], cards
     return _in_settings(topic.settings, settings)
 
 
+def _speaks_of_another_setting(c: Candidate, settings: tuple[str, ...]) -> bool:
+    """A sentence of the introduction that is about one setting ("针对该类患者的辅助治疗管理尚未达成
+    共识") is that setting's text: not for a question about another one."""
+    if not settings or c.passage.evidence_kind != "intro":
+        return False
+    own = detect_settings(c.sentence.text).settings
+    return bool(own) and not set(own) & set(settings)
+
+
 def _lead_block(index: StoredIndex, c: Candidate, scores: dict[int, float], role: str, joins: set[int] = frozenset()) -> Block:
     """A sentence with its well-scoring neighbours of the same passage (a mechanism is two or three
     sentences in a row), up to LEAD_MAX_SENTENCES and LEAD_MAX_CHARS."""
@@ -314,7 +325,8 @@ def _lead_block(index: StoredIndex, c: Candidate, scores: dict[int, float], role
 def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap, settings: tuple[str, ...],
              plan: Plan, lexicon: Lexicon, allow_cards: bool) -> list[Block]:
     cands = [c for c in coverage.candidates if quotable(c.passage)
-             and allowed(c.hit.row, c.passage, dm, settings, cards=allow_cards)]
+             and allowed(c.hit.row, c.passage, dm, settings, cards=allow_cards)
+             and not _speaks_of_another_setting(c, settings)]
     if allow_cards and coverage.slots:
         # A question about reference n: the sentence citing it and the reference's own text.
         own = [c for c in cands if c.passage.doc_kind != "consensus" and c.passage.ref_slot in coverage.slots]
@@ -522,9 +534,19 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
         if per_setting:
             blocks.append(panel)
             continue
+        guideline = _guideline_sentence(index, topic, query, lexicon, drugs)
+        named_rows = _named_guideline_sentences(index, topic, query, lexicon)
+        if named_rows:
+            # "NCCN指南怎么说" / "ESMO和西班牙指南有什么分歧": each named guideline's own sentence
+            # answers; the panel's view is another question.
+            for r in named_rows:
+                blocks.append(Block(index.sentence_passage[r].item(), [r], "lead" if not blocks else "context",
+                                    why="the sentence of a guideline the question names"))
+            continue
+        asks_number = bool(NUMBER_ASKED.search(to_simplified(query.text).lower()))
         best = _best_in_topic(coverage, topic, dm)
         lead_rows = set(rec)
-        if best is not None and best.row not in lead_rows:
+        if best is not None and best.row not in lead_rows and not asks_number:
             in_lead = [c.score for c in coverage.candidates if c.row in lead_rows]
             if best.hit.row == panel_row and joinable_run(index, rec[-1], best.row):
                 # The question is answered by a later sentence of the recommendation itself
@@ -538,18 +560,10 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
                 blocks.append(Block(best.hit.row, _complete_clause(index, [best.row]), "lead",
                                     why=f"answers the question better than the recommendation (score {best.score:.3f})"))
                 panel.role = "context"
-        guideline = _guideline_sentence(index, topic, query, lexicon, drugs)
         rec_states_dose = any(DOSE_PATTERN.search(_sentence_text(index, r)) for r in rec)
         asks_guideline = bool(GUIDELINE_NAMED.search(query.text) or guideline_named(query, lexicon))
-        other_guideline = guideline_named(query, lexicon) - {"csco"}
-        if other_guideline and guideline is not None and other_guideline & lexicon.concepts_in(_sentence_text(index, guideline)):
-            # "NCCN指南怎么说": that guideline's own sentence answers; the panel's view is another question.
-            blocks.append(Block(index.sentence_passage[guideline].item(), [guideline], "lead",
-                                why="the sentence of the guideline the question names"))
-            continue
         if rec_states_dose and not asks_guideline:
             guideline = None  # the recommendation names drug and dose itself: the guideline would repeat it
-        asks_number = bool(NUMBER_ASKED.search(to_simplified(query.text).lower()))
         if blocks and guideline is not None and any(guideline in b.sentences for b in blocks):
             guideline = None
         if guideline is not None and (asks_guideline or (asks_number and not rec_states_dose)) and not blocks:
@@ -605,7 +619,7 @@ def asked_terms(query: Query, lexicon: Lexicon) -> set[str]:
             text = text[:m.start] + " " + text[m.end:]
     for cue in (query.reading.setting.cues if query.reading else ()):
         text = re.sub(re.escape(cue), " ", text, flags=re.I)
-    return {t for t in content_terms(normalize_for_match(text)) if not SETTING_ONLY.fullmatch(t)}
+    return {t for t in content_terms(normalize_for_match(text)) if not SETTING_ONLY.fullmatch(t) and t not in GENERIC_TERMS}
 
 
 def wording_share(index: StoredIndex, query: Query, lexicon: Lexicon, numbers: bool = True):
@@ -630,6 +644,21 @@ def joinable_run(index: StoredIndex, a: int, b: int) -> bool:
 
 def guideline_named(query: Query, lexicon: Lexicon) -> set[str]:
     return {c for c in query.all_concepts if lexicon.concepts[c].type == "guideline"}
+
+
+def _named_guideline_sentences(index: StoredIndex, topic: Topic, query: Query, lexicon: Lexicon) -> list[int]:
+    """One guideline sentence of the topic per non-CSCO guideline the question names (the ones it
+    names itself first: "那西班牙指南呢" after an ESMO question is about the Spanish one)."""
+    own = {c for c in query.concepts if lexicon.concepts[c].type == "guideline"} - {"csco"}
+    named = own or (guideline_named(query, lexicon) - {"csco"})
+    rows: list[int] = []
+    for g in sorted(named):
+        for row in topic.rows.get("guideline", []):
+            hit = next((r for r in index.passage_sentences[row] if g in lexicon.concepts_in(_sentence_text(index, r))), None)
+            if hit is not None and hit not in rows:
+                rows.append(hit)
+                break
+    return sorted(rows)
 
 
 def _guideline_sentence(index: StoredIndex, topic: Topic, query: Query, lexicon: Lexicon, drugs: set[str]) -> int | None:

@@ -47,7 +47,7 @@ _AFTER = re.compile(r"停药|停了|停用|结束后|结束以后|完成后|治�
 _FIRST_LINE = re.compile(r"晚期|转移性|(?<!复发)转移|肝转移|腹膜转移|初诊|一线|首选|不可切除|无法切除|不能切除|初始治疗|首次治疗|初治|"
                          r"advanced|metastatic|unresectable|first[- ]line|frontline|initial (?:treatment|therapy)|newly diagnosed")
 # Failure of the standard dose is the CSCO statement that topic 3 quotes.
-_FAILURE = re.compile(r"失败|耐药|无效|不管用|fail|resist")
+_FAILURE = re.compile(r"失败|耐药|无效|不管用|进展|fail|resist|progress")
 _COMPARE = re.compile(r"区别|不同|差别|差异|相比|比较|对比|一样吗|一样么|有什么两样|vs\.?|versus|compare|differ|same as|和.{0,12}(?:一样|相同)|分别")
 
 
