@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bot.query import VALUE_ATTRIBUTES, Query
+from bot.query import VALUE_ATTRIBUTES, Query, content_terms
 from bot.retrieve import Hit
-from indexer.lexicon import Lexicon, normalize_for_match
+from indexer.lexicon import Lexicon, normalize_for_match, to_simplified
 from indexer.store import StoredIndex
 from indexer.structure import cited_slots
 from indexer.types import Passage, Sentence
@@ -48,6 +48,9 @@ _LITERATURE_WORDS = re.compile(r"(文献|研究|引用|参考|试验|作者|期�
 # as much about hypertension as about GIST).
 NO_SUBJECT_TYPES = {"setting", "generic", "method", "question_word", "property", "dose_level"}
 SUBJECT_CONCEPTS = {"vote"}  # the panel's vote (表1) is this corpus's own subject, unlike "experts" or "consensus"
+FUNCTION_CHARS = re.compile(r"[之或的了和与在是及其而也都就还又把被让给向从]")  # a bigram across them names nothing
+FOREIGN_SHARE = 0.5  # a question half of whose subject words the corpus never uses is about something else
+FOLLOWUP_FILLERS = re.compile(r"^(那么|那|还有|然后|另外)|呢|吧|啊|治疗")
 SETTING_BIGRAM = re.compile(r"一线|二线|辅助|术后|复发|转移|晚期|停药|初诊|治疗")
 DENSE_WINDOW = 0.08  # cosines within this distance of the best count as close (e5 cosines are compressed)
 TOP_PASSAGES = 6
@@ -284,10 +287,20 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
     has_subject = any(lexicon.concepts[c].type not in NO_SUBJECT_TYPES or c in SUBJECT_CONCEPTS
                       for c in query.all_concepts) or bool(slots)
     # Words that only place a question (一线, 辅助, 复发) or single characters are no shared subject.
-    subject_terms = {t for t in query.content_terms if len(t) >= 2 and not SETTING_BIGRAM.fullmatch(t)}
+    placed = normalize_for_match(to_simplified(query.text))
+    for cue in (query.reading.setting.cues if query.reading else ()):
+        placed = placed.replace(normalize_for_match(cue), " ")
+    placed = FOLLOWUP_FILLERS.sub(" ", placed)
+    subject_terms = {t for t in content_terms(placed) if len(t) >= 2 and not SETTING_BIGRAM.fullmatch(t)
+                     and not FUNCTION_CHARS.search(t)}
     best_terms = max((sum(1 for t in subject_terms if t in normalize_for_match(c.sentence.text))
                       for c in candidates[:10]), default=0)
-    if not has_subject and best_terms < 2:
+    # "那辅助治疗呢？": a setting of this corpus named bare, with no foreign subject words, is about
+    # the corpus's own subject; "高血压一线降压药怎么选" names a setting word but a foreign subject.
+    weights = term_weights(index, subject_terms)
+    foreign = [t for t, w in weights.items() if w == 0.0]
+    bare_setting = bool(query.reading and query.reading.setting.specific) and len(foreign) < FOREIGN_SHARE * max(1, len(weights))
+    if not has_subject and best_terms < 2 and not bare_setting:
         return _refuse("问题与本知识库的主题（KIT突变胃肠间质瘤的伊马替尼治疗）无关")
     if not candidates and vote_hit is None:
         return _refuse("没有检索到相关段落")
