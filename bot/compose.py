@@ -299,7 +299,7 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
     # the corpus's own subject; "高血压一线降压药怎么选" names a setting word but a foreign subject.
     weights = term_weights(index, subject_terms)
     foreign = [t for t, w in weights.items() if w == 0.0]
-    bare_setting = bool(query.reading and query.reading.setting.specific) and len(foreign) < FOREIGN_SHARE * max(1, len(weights))
+    bare_setting = bool(query.reading and query.reading.setting.specific) and len(foreign) <= FOREIGN_SHARE * max(1, len(weights))
     if not has_subject and best_terms < 2 and not bare_setting:
         return _refuse("问题与本知识库的主题（KIT突变胃肠间质瘤的伊马替尼治疗）无关")
     if not candidates and vote_hit is None:

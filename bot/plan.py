@@ -30,8 +30,9 @@ from indexer.store import StoredIndex
 # --- named limits ------------------------------------------------------------------------------
 MAX_BLOCKS = 3  # quote blocks in a default answer: one more is one more chance to show another setting's text
 MAX_BLOCKS_DETAIL = 6  # the 详细 / --detail mode
-LEAD_MAX_SENTENCES = 3  # a lead block (a recommendation paragraph, a mechanism) reads as one quote up to this
-LEAD_MAX_CHARS = 220
+LEAD_MAX_SENTENCES = 4  # a lead block (a mechanism told in steps) reads as one quote up to this
+LEAD_MAX_CHARS = 260
+WHY_KINDS = ("evidence", "intro", "reference", "fulltext")  # where a mechanism or a cause is told
 KEEP_RATIO = 0.80  # a further block must score this share of the lead's score
 NEIGHBOUR_RATIO = 0.75  # an adjacent sentence joins the lead block at this share of its score
 COMPARE_WORDS = re.compile(r"区别|不同|差别|差异|相比|比较|对比|分别|compare|differ|versus|vs")
@@ -340,7 +341,7 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
             causal = bool(CAUSAL.search(c.sentence.text)) or any(
                 lexicon.concepts[k].type == "mechanism" for k in lexicon.concepts_in(c.sentence.text))
             return c.score + (MECHANISM_BONUS if causal else 0.0)
-        why = sorted((c for c in cands if c.passage.evidence_kind in ("evidence", "intro", "reference", "fulltext")),
+        why = sorted((c for c in cands if c.passage.evidence_kind in WHY_KINDS),
                      key=lambda c: -why_score(c))
         cands = why + [c for c in cands if c not in why]
     if allow_cards and coverage.slots:
@@ -366,6 +367,10 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
                   for row in _record_rows(index, coverage.slots)]
         if blocks:
             return blocks
+    if allow_cards and coverage.slots:
+        # What a paper says is in its findings; its bibliographic record is named by the 所引文献 line.
+        findings = [c for c in cands if not c.passage.section_path[-1].startswith("候选文献")]
+        cands = findings or cands
     scores = {c.row: (why_score(c) if why_asked else c.score) for c in cands}
     if why_asked:
         # The mechanism is told in consecutive sentences ((1)…(2)…上述因素…): they read as one.
@@ -383,7 +388,9 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
         if blocks[-1].row == c.hit.row and joinable(index, blocks[-1].sentences[-1], c.row):
             blocks[-1].sentences.append(c.row)
         elif not coverage.slots and ((not why_asked and c.hit.row != blocks[0].row) or (
-                why_asked and c.passage.section_path[0] != index.passages[blocks[0].row].section_path[0])):
+                why_asked and (c.passage.section_path[0] != index.passages[blocks[0].row].section_path[0]
+                               or why_score(c) <= c.score or c.passage.evidence_kind not in WHY_KINDS))):
+            # Why: only more of the mechanism, from the same topic, joins.
             # Another passage is another subject more often than not: one block answers.
             plan.explain.append(f"not quoted (another passage): {c.sentence.text[:24]}…")
             continue
