@@ -147,7 +147,9 @@ class Bot:
         hits = promote_references(prefer_sources(hits, not literature, CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS), slots)
         t = time.perf_counter()
         coverage = judge_coverage(index, query, hits, qvec, self.lexicon, self._scope_concepts[scope], scope)
-        plan = plan_answer(index, query, hits, coverage, self.lexicon, detail=detail, scope=scope)
+        plan = plan_answer(index, query, hits, coverage, self.lexicon, detail=detail, scope=scope,
+                           max_blocks=self.settings.max_quotes, max_blocks_detail=self.settings.max_quotes_detail,
+                           keep_ratio=self.settings.sentence_keep_ratio)
         timing["select"] = (time.perf_counter() - t) * 1000
         result = render(index, query, plan, hits, self.settings.passages_returned, scope, timing)
         timing["total"] = (time.perf_counter() - t0) * 1000

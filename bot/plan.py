@@ -28,12 +28,12 @@ from indexer.lexicon import Lexicon, normalize_for_match, to_simplified
 from indexer.store import StoredIndex
 
 # --- named limits ------------------------------------------------------------------------------
-MAX_BLOCKS = 3  # quote blocks in a default answer: one more is one more chance to show another setting's text
-MAX_BLOCKS_DETAIL = 6  # the 详细 / --detail mode
+MAX_BLOCKS = 3  # default of Settings.max_quotes: one more block is one more chance to show another setting's text
+MAX_BLOCKS_DETAIL = 6  # default of Settings.max_quotes_detail (the 详细 / --detail mode)
 LEAD_MAX_SENTENCES = 4  # a lead block (a mechanism told in steps) reads as one quote up to this
 LEAD_MAX_CHARS = 260
 WHY_KINDS = ("evidence", "intro", "reference", "fulltext")  # where a mechanism or a cause is told
-KEEP_RATIO = 0.80  # a further block must score this share of the lead's score
+KEEP_RATIO = 0.80  # default of Settings.sentence_keep_ratio: a further block must score this share of the lead's
 NEIGHBOUR_RATIO = 0.75  # an adjacent sentence joins the lead block at this share of its score
 COMPARE_WORDS = re.compile(r"区别|不同|差别|差异|相比|比较|对比|分别|compare|differ|versus|vs")
 SPECIFIC_MARGIN = 0.15  # a sentence of the setting leads over its recommendation when it holds this much more of the question's wording
@@ -73,6 +73,7 @@ class Plan:
     literature: bool = False
     explain: list[str] = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)  # for --explain: score parts, kept or dropped
+    keep_ratio: float = KEEP_RATIO
 
     @property
     def vote_rows(self) -> list[int]:
@@ -219,7 +220,8 @@ def _complete_clause(index: StoredIndex, rows: list[int]) -> list[int]:
 
 # --- the planner ---------------------------------------------------------------------------------
 def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], coverage: Coverage, lexicon: Lexicon,
-                detail: bool = False, scope: str = "all") -> Plan:
+                detail: bool = False, scope: str = "all", max_blocks: int = MAX_BLOCKS,
+                max_blocks_detail: int = MAX_BLOCKS_DETAIL, keep_ratio: float = KEEP_RATIO) -> Plan:
     reading = query.reading or Reading(detect_settings(query.text), None)  # type: ignore[arg-type]
     plan = Plan(reading, slots=coverage.slots)
     dm = document_map(index)
@@ -245,7 +247,8 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], coverage: Cov
         plan.explain.append(f"refused: {coverage.reason}")
         return plan
     facet = reading.intent.facet
-    max_blocks = MAX_BLOCKS_DETAIL if detail else MAX_BLOCKS
+    plan.keep_ratio = keep_ratio
+    max_blocks = max_blocks_detail if detail else max_blocks
     if facet == AUTHORS and dm.author_rows:
         blocks = _authors(index, query, dm, settings)
     elif facet == VOTE:
@@ -383,7 +386,7 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
     for c in cands[1:]:
         if len(blocks) >= GENERAL_MAX_BLOCKS and not coverage.slots:
             break
-        if c.row in used or c.score < KEEP_RATIO * best:
+        if c.row in used or c.score < plan.keep_ratio * best:
             continue
         if blocks[-1].row == c.hit.row and joinable(index, blocks[-1].sentences[-1], c.row):
             blocks[-1].sentences.append(c.row)
@@ -395,7 +398,7 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
             plan.explain.append(f"not quoted (another passage): {c.sentence.text[:24]}…")
             continue
         else:
-            blocks.append(Block(c.hit.row, [c.row], "context", why=f"score {c.score:.3f} ≥ {KEEP_RATIO}×lead"))
+            blocks.append(Block(c.hit.row, [c.row], "context", why=f"score {c.score:.3f} ≥ {plan.keep_ratio}×lead"))
         used.add(c.row)
     if coverage.slots and allow_cards and not any(index.passages[b.row].doc_kind != "consensus" for b in blocks[:3]):
         own = [c for c in cands if c.passage.doc_kind != "consensus" and c.row not in used]

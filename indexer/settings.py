@@ -50,9 +50,11 @@ class Settings(BaseSettings):
 
     # --- answer writing ----------------------------------------------------------------------
     max_question_chars: int = 2000
+    # Quote blocks in an answer (a vote item with its options is one block); --detail allows more.
     max_quotes: int = 3
-    # A sentence joins the answer only if its score reaches this share of the best sentence's.
-    sentence_keep_ratio: float = 0.72
+    max_quotes_detail: int = 6
+    # A further sentence joins the answer only if its score reaches this share of the lead's.
+    sentence_keep_ratio: float = 0.80
     scope: Literal["all", "consensus"] = "all"
     writer: Literal["extractive", "llm"] = "extractive"
 
