@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -47,6 +48,18 @@ def place_of(p: Passage, dm: DocumentMap | None = None) -> str:
     else:
         where = f"{p.doc_title} · {p.section} · 第{p.paragraph}段"
     return where
+
+
+@dataclass
+class Search:
+    """What `Bot.search` found: the loaded index, the analysed question, its vector, the ranked
+    passages and the scope actually searched."""
+
+    index: StoredIndex
+    query: Query
+    qvec: object
+    hits: list[Hit]
+    scope: str
 
 
 class Bot:
@@ -117,14 +130,13 @@ class Bot:
             writer_for(self)  # importing the LLM client takes seconds: not in a user's time
 
     # --- answering -------------------------------------------------------------------------
-    def answer(self, question: str, history: list[str] | None = None, scope: str | None = None, *,
-               detail: bool = False, stream: bool = False, llm_writer=None) -> Answer:
-        """question -> analyse -> embed -> retrieve -> coverage -> plan -> writer -> verify.
-        The plan is built once; the extractive writer renders it, and the LLM writer (when the
-        settings name it) writes from the same plan's passages, with the extractive answer as its
-        fallback."""
+    def search(self, question: str, history: list[str] | None = None, scope: str | None = None,
+               timing: dict | None = None) -> "Search":
+        """The question analysed and its passages ranked, as every answer starts (and as the
+        LangChain retriever returns them): query analysis, query embedding, hybrid retrieval,
+        scope (a question about the consensus itself searches the consensus only), sources."""
+        timing = timing if timing is not None else {}
         t0 = time.perf_counter()
-        timing: dict[str, float] = {}
         scope = scope or self.settings.scope
         index = self._ensure_loaded()
         dm = document_map(index)
@@ -145,6 +157,19 @@ class Bot:
             scope = "consensus"
             hits = [h for h in hits if in_scope(h.passage, scope)]
         hits = promote_references(prefer_sources(hits, not literature, CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS), slots)
+        return Search(index, query, qvec, hits, scope)
+
+    def answer(self, question: str, history: list[str] | None = None, scope: str | None = None, *,
+               detail: bool = False, stream: bool = False, llm_writer=None) -> Answer:
+        """question -> analyse -> embed -> retrieve -> coverage -> plan -> writer -> verify.
+        The plan is built once; the extractive writer renders it, and the LLM writer (when the
+        settings name it) writes from the same plan's passages, with the extractive answer as its
+        fallback."""
+        t0 = time.perf_counter()
+        timing: dict[str, float] = {}
+        found = self.search(question, history, scope, timing)
+        index, query, qvec, hits, scope = found.index, found.query, found.qvec, found.hits, found.scope
+        dm = document_map(index)
         t = time.perf_counter()
         coverage = judge_coverage(index, query, hits, qvec, self.lexicon, self._scope_concepts[scope], scope)
         plan = plan_answer(index, query, hits, coverage, self.lexicon, detail=detail, scope=scope,

@@ -35,6 +35,12 @@ LEAD_MAX_CHARS = 260
 WHY_KINDS = ("evidence", "intro", "reference", "fulltext")  # where a mechanism or a cause is told
 KEEP_RATIO = 0.80  # default of Settings.sentence_keep_ratio: a further block must score this share of the lead's
 NEIGHBOUR_RATIO = 0.75  # an adjacent sentence joins the lead block at this share of its score
+# Properties a question can be about (预后, 生存, 疗效, 耐受): the lead must name the one asked.
+# Sensitivity is left out: it is what the whole document is about.
+ASKED_PROPERTIES = {"prognosis", "survival", "efficacy", "tolerance"}
+# "400吃着进展了" / "标准剂量失败": the guideline's statement on failure of the standard dose answers it.
+FAILURE_ASKED = re.compile(r"失败|fail")
+ITEM_NUMBER = re.compile(r"第\s*([一二三四五六七八九]|\d)\s*(?:项|题|条)|(?:item|question)\s*(\d)", re.I)
 COMPARE_WORDS = re.compile(r"区别|不同|差别|差异|相比|比较|对比|分别|compare|differ|versus|vs")
 SPECIFIC_MARGIN = 0.15  # a sentence of the setting leads over its recommendation when it holds this much more of the question's wording
 VOTE_OPTION_WEIGHT = 1.0  # an option repeated in the question marks its item
@@ -354,8 +360,15 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
         # The lead is the sentence that holds the question's own words ("一致吗" -> the sentence
         # saying 基本一致), not only the best-fused one: scores are re-weighed by that share.
         share = wording_share(index, query, lexicon)
-        head = sorted(cands[:LEAD_POOL], key=lambda c: -(c.score + LEAD_WORDING_WEIGHT * share(c.sentence.text)
-                                                       + (MECHANISM_BONUS if why_asked and why_score(c) > c.score else 0.0)))
+        # What is asked about (预后, 敏感性, 疗效…): a sentence that names it leads over one that does not.
+        asked_about = query.concepts & ASKED_PROPERTIES
+
+        def names_asked(c: Candidate) -> bool:
+            return not asked_about or bool(asked_about & lexicon.concepts_in(c.sentence.text))
+
+        head = sorted(cands[:LEAD_POOL], key=lambda c: (not names_asked(c), -(
+            c.score + LEAD_WORDING_WEIGHT * share(c.sentence.text)
+            + (MECHANISM_BONUS if why_asked and why_score(c) > c.score else 0.0))))
         cands = head + cands[LEAD_POOL:]
     cands = with_qualifiers(cands[:1], coverage.candidates, index) + cands[1:] if cands else []
     dropped = len(coverage.candidates) - len([c for c in coverage.candidates if allowed(
@@ -473,6 +486,11 @@ def _vote(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap,
 
     best = max(dummy, key=lambda r: _vote_score(dummy[r], query, lexicon, best_fused, best_dense)
                + VOTE_OPTION_WEIGHT * option_named(r))
+    m = ITEM_NUMBER.search(query.text)
+    if m:  # "表1第3项": the item named by its number
+        g = m.group(1) or m.group(2)
+        n = "一二三四五六七八九".index(g) + 1 if g in "一二三四五六七八九" else int(g)
+        best = next((row for row, p in votes if p.vote.number == n), best)
     blocks = [Block(best, [], "vote", why="the vote item of the asked setting")]
     if query.reading is not None and query.reading.setting.compare or (len(settings) > 1 and COMPARE_WORDS.search(query.text)):
         # "辅助期间复发和停药后复发，投票有什么区别": one item per setting compared.
@@ -571,7 +589,9 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
                                     why=f"answers the question better than the recommendation (score {best.score:.3f})"))
                 panel.role = "context"
         rec_states_dose = any(DOSE_PATTERN.search(_sentence_text(index, r)) for r in rec)
-        asks_guideline = bool(GUIDELINE_NAMED.search(query.text) or guideline_named(query, lexicon))
+        asks_guideline = bool(GUIDELINE_NAMED.search(query.text) or guideline_named(query, lexicon)
+                              or (query.reading is not None and query.reading.setting.failure and guideline is not None
+                                  and FAILURE_ASKED.search(_sentence_text(index, guideline))))
         if rec_states_dose and not asks_guideline:
             guideline = None  # the recommendation names drug and dose itself: the guideline would repeat it
         if blocks and guideline is not None and any(guideline in b.sentences for b in blocks):

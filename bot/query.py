@@ -199,9 +199,11 @@ def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: 
             elif last_setting.specific:
                 reading.setting, reading.setting_from_history = last_setting, True
             last_attributes = lexicon.attributes_in(last)
-            if (reading.intent.facet == "general" and reading.intent.cue != "evidence") or reading.intent.cue == "setting named bare":
+            earlier = detect_facet(last, last_attributes, set(lexicon.concepts_in(last)), author_names)
+            if ((reading.intent.facet == "general" and reading.intent.cue != "evidence")
+                    or (reading.intent.cue == "setting named bare" and earlier.facet != "general")):
                 attributes = attributes | last_attributes
-                reading.intent = detect_facet(last, attributes, set(lexicon.concepts_in(last)), author_names)
+                reading.intent = earlier
                 reading.facet_from_history = True
             retrieval = f"{text} {last}" if not setting.specific else f"{text} {_without_setting_words(last)}"
     # Canonical (corpus-language) names of the concepts, so English or synonym wording finds the

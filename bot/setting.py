@@ -58,6 +58,7 @@ class SettingRead:
     settings: tuple[str, ...] = ()
     compare: bool = False
     cues: tuple[str, ...] = ()
+    failure: bool = False  # placed by failure of the standard dose (no adjuvant course named)
 
     @property
     def specific(self) -> bool:
@@ -83,6 +84,7 @@ def detect_settings(text: str) -> SettingRead:
     failure = seen(_FAILURE)
     compare = bool(_COMPARE.search(t))
     settings: list[str] = []
+    failed = False
     if adj and (rec or failure):
         # Recurrence after resection: the last event decides. During or after adjuvant therapy
         # when the question says so; otherwise both (topic 3 treats them together).
@@ -101,14 +103,13 @@ def detect_settings(text: str) -> SettingRead:
     elif rec and not first:
         # "停药后复发" / "吃着药复发": stopping or taking the drug implies the adjuvant course.
         settings = [RECUR_AFTER] if after and not during else [RECUR_DURING] if during and not after else [RECUR_DURING, RECUR_AFTER]
-    elif first and failure and re.search(r"400|标准剂量|常规剂量|standard", t):
-        # "first-line 400 mg failed": the CSCO failure statement (topic 3) answers it.
-        settings = [RECUR_DURING, RECUR_AFTER]
+    elif failure and re.search(r"400|标准剂量|常规剂量|standard", t):
+        # "first-line 400 mg failed" / "标准剂量失败": the CSCO failure statement (topic 3) answers it.
+        settings, failed = [RECUR_DURING, RECUR_AFTER], True
     elif first:
         settings = [FIRST_LINE]
-    elif failure and re.search(r"400|标准剂量|常规剂量|standard", t):
-        settings = [RECUR_DURING, RECUR_AFTER]
-    return SettingRead(tuple(settings), compare and len({s if s not in RECURRENCE else "r" for s in settings}) > 1, tuple(cues))
+    return SettingRead(tuple(settings), compare and len({s if s not in RECURRENCE else "r" for s in settings}) > 1,
+                       tuple(cues), failed)
 
 
 # --- what the question asks of the setting ---------------------------------------------------
@@ -135,6 +136,7 @@ _VOTE_SHARE = re.compile(r"(?:专家|投|选|认同|赞同|同意).{0,24}(?:比�
                          r"多少(?:位|名|个)?专家(?:认为|支持|选|赞同|认同|同意|倾向|投)|认同率|赞同率|支持率|"
                          r"有人选|有没有人选|多少人选|几个人选|的?专家有多少|有多少专家|"
                          r"(?:percentage|share|proportion|how many) of (?:the )?(?:experts|panel)|experts? (?:chose|voted|agreed)")
+_VOTE_ITEM = re.compile(r"表\s*1|第\s*[一二三四五1-5]\s*(?:项|题)|问卷|vote item|table 1")
 # A share asked for in words the lexicon's triggers miss: "占GIST多少", "占多大比例".
 PERCENT_ASKED = re.compile(r"占.{0,14}(?:多少|几成|多大|比例|百分)|what (?:share|fraction|percent)|how many percent")
 SHORT_QUESTION = 16  # characters: a question this short that names only a setting is a follow-up on it
@@ -156,7 +158,7 @@ def detect_facet(text: str, attributes: set[str], concepts: set[str], author_nam
     named = [n for n in author_names if n and n in text]
     if named and not attributes - {"recommendation"}:
         return Intent(AUTHORS, named[0])
-    m = _VOTE.search(t) or _VOTE_SHARE.search(t)
+    m = _VOTE.search(t) or _VOTE_SHARE.search(t) or _VOTE_ITEM.search(t)
     if "vote" in attributes or m:
         return Intent(VOTE, m.group(0) if m else "vote")
     if "mechanism" in attributes:
