@@ -160,7 +160,7 @@ class Bot:
         return Search(index, query, qvec, hits, scope)
 
     def answer(self, question: str, history: list[str] | None = None, scope: str | None = None, *,
-               detail: bool = False, stream: bool = False, llm_writer=None) -> Answer:
+               detail: bool = False, stream: bool = False, llm_writer=None, passages_k: int | None = None) -> Answer:
         """question -> analyse -> embed -> retrieve -> coverage -> plan -> writer -> verify.
         The plan is built once; the extractive writer renders it, and the LLM writer (when the
         settings name it) writes from the same plan's passages, with the extractive answer as its
@@ -176,7 +176,7 @@ class Bot:
                            max_blocks=self.settings.max_quotes, max_blocks_detail=self.settings.max_quotes_detail,
                            keep_ratio=self.settings.sentence_keep_ratio)
         timing["select"] = (time.perf_counter() - t) * 1000
-        result = render(index, query, plan, hits, self.settings.passages_returned, scope, timing)
+        result = render(index, query, plan, hits, passages_k or self.settings.passages_returned, scope, timing)
         timing["total"] = (time.perf_counter() - t0) * 1000
         result.timing_ms = {k: round(v, 2) for k, v in timing.items()}
         if self.settings.writer == "llm" and not result.refused:

@@ -25,7 +25,7 @@ from typing_extensions import NotRequired, TypedDict
 from bot.answer import Bot, place_of
 from bot.plan import document_map
 from bot.query import QuestionError
-from bot.retrieve import Hit
+from bot.types import RetrievedPassage
 
 SCOPES = ("all", "consensus")
 Scope = Literal["all", "consensus"]
@@ -80,18 +80,10 @@ def parse_answer_input(value: Any) -> tuple[Any, list[str], str | None, bool]:
 
 
 # --- the retrieval `Bot.answer()` does, up to the plan ---------------------------------------------
-def planned_hits(bot: Bot, question: Any, history: list[str] | None = None, scope: str | None = None) -> tuple[list[Hit], str]:
-    """The ranked passages `Bot.answer()` hands to coverage and the plan (`Bot.search`), and the
-    scope searched."""
-    check_scope(scope or bot.settings.scope)
-    found = bot.search(question, history, scope)
-    return found.hits, found.scope
-
-
-def document_of(hit: Hit, bot: Bot, scope: str) -> Document:
-    """A retrieved passage as a LangChain Document: its text, and where it stands in the corpus."""
-    p = hit.passage
+def document_of(rp: RetrievedPassage, bot: Bot, scope: str) -> Document:
+    """A passage an answer returned, as a LangChain Document: its text, and where it stands."""
     index = bot._ensure_loaded()
+    p = index.passage_by_id[rp.passage_id]
     return Document(
         id=p.passage_id,
         page_content=p.text,
@@ -113,10 +105,10 @@ def document_of(hit: Hit, bot: Bot, scope: str) -> Document:
             "ref_slot": p.ref_slot,  # the slot a reference card or full text belongs to
             "vote_item": p.vote.number if p.vote is not None else None,
             "place": place_of(p, document_map(index)),  # as an answer cites it
-            "score": round(hit.score, 6),  # fused (reciprocal rank), after source preference
-            "dense": round(hit.dense, 4),
-            "lexical": round(hit.lexical, 4),
-            "rank": hit.rank,
+            "score": rp.score,  # fused (reciprocal rank), after source preference
+            "dense": rp.dense,
+            "lexical": rp.lexical,
+            "rank": rp.rank,  # the answer's order: the passages it quotes first
             "scope": scope,
         },
     )
@@ -135,7 +127,7 @@ class _SharesBot:
 
 class GistqaRetriever(_SharesBot, BaseRetriever):
     """gistqa's hybrid retrieval (dense + BM25 + best sentence, fused by reciprocal rank) as a
-    LangChain retriever: `invoke(question)` -> the top `k` passages `Bot.answer()` would plan from."""
+    LangChain retriever: `invoke(question)` -> the `k` passages `Bot.answer()` returns for it."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -153,9 +145,11 @@ class GistqaRetriever(_SharesBot, BaseRetriever):
         check_scope(self.scope)
         check_k(self.k)
         bot = self.get_bot()
-        hits, scope = planned_hits(bot, query, None, self.scope)
         k = self.k or bot.settings.passages_returned
-        return [document_of(h, bot, scope) for h in hits[:k]]
+        # The passages answer() returns for this question, in its order (those it quotes first):
+        # the plan is what ranks them last, so the retriever runs it too (a few milliseconds).
+        result = bot.answer(query, scope=self.scope, passages_k=k)
+        return [document_of(rp, bot, result.scope) for rp in result.passages[:k]]
 
 
 class GistqaAnswer(_SharesBot, RunnableSerializable[Union[str, AnswerInput], dict[str, Any]]):
