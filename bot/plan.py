@@ -108,7 +108,9 @@ _MAPS: dict[str, DocumentMap] = {}
 # Concepts that only place or name the subject of every question here (imatinib is in all of them).
 PLACING_CONCEPTS = {"imatinib", "mutation"}
 # Words of every clinical sentence here: they tell no sentence from another.
-GENERIC_TERMS = {"患者", "病人", "治疗", "突变", "基因", "用药", "药物", "病例"}
+GENERIC_TERMS = {"患者", "病人", "治疗", "突变", "基因", "用药", "药物", "病例",
+                 # words of asking what to do: the question's kind, not its subject
+                 "处理", "方案", "选择", "推荐", "建议", "应该", "行不", "不行", "怎么", "如何", "下一", "一步"}
 SETTING_ONLY = re.compile(r"[辅助术后治疗复发转移晚期一线停药结束期间]+")
 
 
@@ -572,17 +574,22 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
                                     why="the sentence of a guideline the question names"))
             continue
         asks_number = bool(NUMBER_ASKED.search(to_simplified(query.text).lower()))
-        best = _best_in_topic(coverage, topic, dm)
         lead_rows = set(rec)
-        if best is not None and best.row not in lead_rows and not asks_number:
-            in_lead = [c.score for c in coverage.candidates if c.row in lead_rows]
+        share = wording_share(index, query, lexicon, numbers=False)
+
+        def weighed(c: Candidate) -> float:
+            return c.score + LEAD_WORDING_WEIGHT * share(c.sentence.text)
+
+        best = _best_in_topic(coverage, topic, dm, lead_rows, weighed)
+        if best is not None and not asks_number:
+            in_lead = [weighed(c) for c in coverage.candidates if c.row in lead_rows]
             if best.hit.row == panel_row and joinable_run(index, rec[-1], best.row):
                 # The question is answered by a later sentence of the recommendation itself
                 # ("个体化调整"): quote the recommendation through it.
                 panel.sentences = list(range(rec[0], best.row + 1))
                 lead_rows = set(panel.sentences)
             elif (_says_more(index, query, best.row, rec, lexicon) >= SPECIFIC_MARGIN
-                  and (not in_lead or best.score >= max(in_lead))):
+                  and (not in_lead or weighed(best) >= max(in_lead))):
                 # A sentence of the setting that answers this particular question better than the
                 # recommendation does ("剂量可以调整吗"): it leads, the recommendation follows.
                 blocks.append(Block(best.hit.row, _complete_clause(index, [best.row]), "lead",
@@ -623,11 +630,11 @@ def _names_a_treatment(query: Query, lexicon: Lexicon) -> bool:
         lexicon.concepts[c].type in ("drug", "dose_level", "dose_value", "therapy") for c in query.all_concepts)
 
 
-def _best_in_topic(coverage: Coverage, topic: Topic, dm: DocumentMap) -> Candidate | None:
-    for c in coverage.candidates:
-        if dm.topic_of_row.get(c.hit.row) is topic and c.passage.evidence_kind in ("panel", "guideline", "evidence"):
-            return c
-    return None
+def _best_in_topic(coverage: Coverage, topic: Topic, dm: DocumentMap, exclude: set[int], weigh) -> Candidate | None:
+    """The topic's sentence (outside the recommendation) that best answers this question."""
+    own = [c for c in coverage.candidates if dm.topic_of_row.get(c.hit.row) is topic and c.row not in exclude
+           and c.passage.evidence_kind in ("panel", "guideline", "evidence")]
+    return max(own, key=weigh, default=None)
 
 
 def _says_more(index: StoredIndex, query: Query, row: int, rows: list[int], lexicon: Lexicon) -> float:
@@ -638,23 +645,25 @@ def _says_more(index: StoredIndex, query: Query, row: int, rows: list[int], lexi
     return share(_sentence_text(index, row)) - share(" ".join(_sentence_text(index, r) for r in rows))
 
 
-def asked_terms(query: Query, lexicon: Lexicon) -> set[str]:
+def asked_terms(query: Query, lexicon: Lexicon, doses: bool = True) -> set[str]:
     """The question's own subject words: its terms without the words that only place it (the
     setting: "辅助治疗结束后复发") or name what every question here is about (KIT, exon 9, GIST,
     伊马替尼, in any spelling): those say nothing about which sentence of the setting answers."""
     text = to_simplified(query.text)
     for m in sorted(lexicon.concept_matches(text), key=lambda m: -m.start):
         concept = lexicon.concepts[m.id]
-        if concept.topic or concept.type in ("setting", "question_word") or m.id in PLACING_CONCEPTS:
+        if (concept.topic or concept.type in ("setting", "question_word", "method") or m.id in PLACING_CONCEPTS
+                or (not doses and concept.type in ("dose_level", "dose_value"))):
             text = text[:m.start] + " " + text[m.end:]
     for cue in (query.reading.setting.cues if query.reading else ()):
         text = re.sub(re.escape(cue), " ", text, flags=re.I)
-    return {t for t in content_terms(normalize_for_match(text)) if not SETTING_ONLY.fullmatch(t) and t not in GENERIC_TERMS}
+    return {t for t in content_terms(normalize_for_match(text)) if not SETTING_ONLY.fullmatch(t) and t not in GENERIC_TERMS
+            and not (t.isascii() and t.isalpha() and len(t) < 4)}  # "it", "was": no subject
 
 
 def wording_share(index: StoredIndex, query: Query, lexicon: Lexicon, numbers: bool = True):
     """text -> the share (weighted by rarity) of the question's own subject words it holds."""
-    terms = {t for t in asked_terms(query, lexicon) if numbers or not re.search(r"\d", t)}
+    terms = {t for t in asked_terms(query, lexicon, doses=numbers) if numbers or not re.search(r"\d", t)}
     weights = term_weights(index, terms) if terms else {}
     total = sum(weights.values()) or 1.0
 
@@ -662,7 +671,7 @@ def wording_share(index: StoredIndex, query: Query, lexicon: Lexicon, numbers: b
         if not weights:
             return 0.0
         norm = normalize_for_match(text)
-        return sum(w for t, w in weights.items() if t in norm) / total
+        return sum(w for t, w in weights.items() if (t in norm if not t.isascii() else re.search(rf"(?<![a-z0-9]){re.escape(t)}(?![a-z0-9])", norm))) / total
 
     return share
 

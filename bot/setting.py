@@ -158,6 +158,8 @@ def detect_facet(text: str, attributes: set[str], concepts: set[str], author_nam
     named = [n for n in author_names if n and n in text]
     if named and not attributes - {"recommendation"}:
         return Intent(AUTHORS, named[0])
+    if "count" in attributes and re.search(r"参与|参加|讨论|组成|多少位|几位|how many experts (?:took part|were)", t):
+        return Intent(VALUE, "count")  # the size of the panel, not a vote's share
     m = _VOTE.search(t) or _VOTE_SHARE.search(t) or _VOTE_ITEM.search(t)
     if "vote" in attributes or m:
         return Intent(VOTE, m.group(0) if m else "vote")
