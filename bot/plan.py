@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 
 from bot.compose import ATTRIBUTE_NAMES, Candidate, Coverage, asks_about_literature, quotable, term_weights, with_qualifiers
-from bot.query import Query, content_terms
+from bot.query import DETAIL_CONCEPTS, Query, content_terms
 from bot.retrieve import Hit
 from bot.setting import (ADJUVANT, ALL_SETTINGS, AUTHORS, FIRST_LINE, GENERAL, MANAGEMENT, RECUR_AFTER, RECUR_DURING,
                          RECURRENCE, SETTING_LABELS, VALUE, VOTE, WHY, GUIDELINE_NAMED, NUMBER_ASKED, Reading,
@@ -111,6 +111,8 @@ PLACING_CONCEPTS = {"imatinib", "mutation"}
 GENERIC_TERMS = {"患者", "病人", "治疗", "突变", "基因", "用药", "药物", "病例",
                  # words of asking what to do: the question's kind, not its subject
                  "处理", "方案", "选择", "推荐", "建议", "应该", "行不", "不行", "怎么", "如何", "下一", "一步"}
+ENGLISH_FUNCTION_WORDS = {"it", "its", "was", "were", "has", "had", "have", "if", "when", "then", "than", "that",
+                          "this", "there", "they", "we", "you", "can", "will", "would", "not", "no", "yes", "any", "mg"}
 SETTING_ONLY = re.compile(r"[辅助术后治疗复发转移晚期一线停药结束期间]+")
 
 
@@ -652,13 +654,14 @@ def asked_terms(query: Query, lexicon: Lexicon, doses: bool = True) -> set[str]:
     text = to_simplified(query.text)
     for m in sorted(lexicon.concept_matches(text), key=lambda m: -m.start):
         concept = lexicon.concepts[m.id]
-        if (concept.topic or concept.type in ("setting", "question_word", "method") or m.id in PLACING_CONCEPTS
+        if (concept.topic or concept.type in ("setting", "question_word", "method", "site") or m.id in PLACING_CONCEPTS
+                or m.id in DETAIL_CONCEPTS
                 or (not doses and concept.type in ("dose_level", "dose_value"))):
             text = text[:m.start] + " " + text[m.end:]
     for cue in (query.reading.setting.cues if query.reading else ()):
         text = re.sub(re.escape(cue), " ", text, flags=re.I)
     return {t for t in content_terms(normalize_for_match(text)) if not SETTING_ONLY.fullmatch(t) and t not in GENERIC_TERMS
-            and not (t.isascii() and t.isalpha() and len(t) < 4)}  # "it", "was": no subject
+            and t not in ENGLISH_FUNCTION_WORDS}
 
 
 def wording_share(index: StoredIndex, query: Query, lexicon: Lexicon, numbers: bool = True):
