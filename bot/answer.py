@@ -1,6 +1,8 @@
 """`answer()`: the one pipeline behind the CLI, the chat page and the evaluation.
 
-question -> analyse -> embed -> retrieve -> plan (select or refuse) -> render -> verify -> Answer
+question -> search (analyse, embed, retrieve) -> coverage (compose) -> plan (setting, facet, units,
+or a refusal) -> render -> verify -> Answer; with writer = "llm", the LLM writer then drafts from the
+same plan (bot/llm_writer.py), the extractive answer as its fallback.
 """
 from __future__ import annotations
 

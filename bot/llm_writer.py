@@ -1,8 +1,10 @@
 """The optional LLM writer: the model drafts, the verifier decides what the user sees.
 
-    extractive answer (bot.answer: retrieval, and the decision to refuse)
+    the plan, built once by Bot.answer (setting, facet, the units that answer, or a refusal), and the
+    extractive answer rendered from it; this module never calls back into Bot.answer
       -> refused? return it; the model is never called
-      -> its passages, numbered [1]..[n] (bot/prompts.py) -> LLMWriter.draft / .stream, under a hard deadline
+      -> the plan's passages (the setting-aware evidence), numbered [1]..[n] (bot/prompts.py)
+      -> LLMWriter.draft / .stream, under a hard deadline
       -> verify_llm_answer: sentence by sentence, every 「quote」 verbatim in the passage [n] it cites,
          every number of the sentence in a passage it cites, little unquoted prose; the rest is removed
       -> Answer(writer="llm"), or the extractive answer with a visible note when the model failed

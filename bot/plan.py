@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from bot.compose import ATTRIBUTE_NAMES, Candidate, Coverage, asks_about_literature, quotable, term_weights, with_qualifiers
 from bot.query import DETAIL_CONCEPTS, Query, content_terms
 from bot.retrieve import Hit
-from bot.setting import (ADJUVANT, ALL_SETTINGS, AUTHORS, FIRST_LINE, GENERAL, MANAGEMENT, RECUR_AFTER, RECUR_DURING,
+from bot.setting import (ADJUVANT, ALL_SETTINGS, AUTHORS, FIRST_LINE, MANAGEMENT, RECUR_AFTER, RECUR_DURING,
                          RECURRENCE, SETTING_LABELS, VALUE, VOTE, WHY, GUIDELINE_NAMED, NUMBER_ASKED, Reading,
                          detect_settings)
 from indexer.lexicon import Lexicon, normalize_for_match, to_simplified
@@ -46,9 +46,9 @@ SPECIFIC_MARGIN = 0.15  # a sentence of the setting leads over its recommendatio
 VOTE_OPTION_WEIGHT = 1.0  # an option repeated in the question marks its item
 ANSWER_BUDGET = 430  # characters of quoted text: above it, context blocks (a vote, a second sentence) are left out
 GENERAL_MAX_BLOCKS = 2  # a question with no management facet: the sentence that answers and at most one more
-MECHANISM_BONUS = 0.3
+MECHANISM_BONUS = 0.3  # for why: a sentence that names a mechanism or a cause leads
 LEAD_POOL = 8  # the lead is chosen among this many best candidates of the setting
-LEAD_WORDING_WEIGHT = 1.0  # weight of the question's own wording when choosing the lead  # for why: a sentence that names a mechanism or a cause leads
+LEAD_WORDING_WEIGHT = 1.0  # weight of the question's own wording when choosing the lead
 CAUSAL = re.compile(r"机制|导致|由于|因为|原因|所致|与以下因素有关")
 DOSE_PATTERN = re.compile(r"\d+\s*(mg|毫克)")
 GROUP_OF = {FIRST_LINE: FIRST_LINE, ADJUVANT: ADJUVANT, RECUR_DURING: "recurrence", RECUR_AFTER: "recurrence"}
@@ -80,10 +80,6 @@ class Plan:
     explain: list[str] = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)  # for --explain: score parts, kept or dropped
     keep_ratio: float = KEEP_RATIO
-
-    @property
-    def vote_rows(self) -> list[int]:
-        return [b.row for b in self.blocks if b.role == "vote"]
 
 
 # --- the document's map: topics, their settings, their parts ----------------------------------
@@ -219,8 +215,8 @@ def joinable(index: StoredIndex, a: int, b: int) -> bool:
 
 
 def _complete_clause(index: StoredIndex, rows: list[int]) -> list[int]:
-    """A sentence cut at "；" continues in the next sentence row when that row carries on without a
-    subject of its own (it opens with 包括/均/且…): quote both."""
+    """A clause cut at "；" (the splitter ends sentences there) is completed by the next row of the
+    same line, which carries on its subject ("目前尚有争议；包括…权威指南，均未提供…"): quote both."""
     last = rows[-1]
     nxt = last + 1
     if joinable(index, last, nxt) and _sentence_text(index, last).rstrip().endswith("；"):
@@ -267,8 +263,6 @@ def plan_answer(index: StoredIndex, query: Query, hits: list[Hit], coverage: Cov
         blocks = _general(index, query, coverage, dm, settings, plan, lexicon, allow_cards=scope == "all")
     elif facet == MANAGEMENT and dm.topics:
         blocks = _management(index, query, coverage, dm, settings, reading.setting.compare, lexicon, plan)
-    elif facet == VOTE:
-        blocks = _vote(index, query, coverage, dm, settings, lexicon)
     elif facet == VALUE and coverage.stating:
         blocks = _value(index, query, coverage, dm, settings, plan)
     else:
