@@ -173,7 +173,9 @@ class Bot:
         index, query, qvec, hits, scope = found.index, found.query, found.qvec, found.hits, found.scope
         dm = document_map(index)
         t = time.perf_counter()
-        coverage = judge_coverage(index, query, hits, qvec, self.lexicon, self._scope_concepts[scope], scope)
+        settings = query.reading.setting.settings if query.reading else ()
+        setting_rows = tuple(row for row, topic in dm.topic_of_row.items() if set(topic.settings) & set(settings))
+        coverage = judge_coverage(index, query, hits, qvec, self.lexicon, self._scope_concepts[scope], scope, setting_rows)
         plan = plan_answer(index, query, hits, coverage, self.lexicon, detail=detail, scope=scope,
                            max_blocks=self.settings.max_quotes, max_blocks_detail=self.settings.max_quotes_detail,
                            keep_ratio=self.settings.sentence_keep_ratio)

@@ -263,9 +263,11 @@ def _refuse(reason: str) -> Coverage:
 
 
 def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndarray, lexicon: Lexicon,
-                   scope_concepts: set[str], scope: str = "all") -> Coverage:
+                   scope_concepts: set[str], scope: str = "all", setting_rows: tuple[int, ...] = ()) -> Coverage:
     """Is the question covered? Judged from the concepts and the values it asks about against what
-    the passages state (baseline-findings §5), never from a similarity threshold."""
+    the passages state (baseline-findings §5), never from a similarity threshold. `setting_rows`:
+    the passages of the clinical setting the question names, where its concepts may meet even when
+    a long vignette pulled retrieval elsewhere."""
     # 1. Entities the corpus never mentions (a drug, gene, disease or setting it does not cover).
     absent = [lexicon.canonical(c) for c in sorted(query.asked) if c not in scope_concepts]
     unknown = absent + query.unknown_entities
@@ -275,8 +277,9 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
         what = f"问题中的{named}" if named else "问题中提到的药物、基因或突变类型"
         return _refuse(f"本知识库没有涉及{what}的内容")
     # 1b. Concepts the corpus has, but never together: no passage speaks of all of them at once.
-    together = [h for h in hits[:COOCCURRENCE_PASSAGES]]
-    if query.focal and not any(query.focal <= index.passage_concepts[h.row] for h in together):
+    together = [h.row for h in hits[:COOCCURRENCE_PASSAGES]] + list(setting_rows)
+    meet_in_setting = bool(query.focal) and any(query.focal <= index.passage_concepts[r] for r in setting_rows)
+    if query.focal and not any(query.focal <= index.passage_concepts[r] for r in together):
         names = "、".join(f"“{lexicon.canonical(c)}”" for c in sorted(query.focal) if not re.search(r"\d", lexicon.canonical(c)))
         return _refuse(f"本知识库没有同时涉及{names or '问题中这几个方面'}的内容")
     slots = question_slots(query)
@@ -323,7 +326,7 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
         lead = [c for c in candidates if query.focal <= index.passage_concepts[c.hit.row]
                 and all(n in c.passage.text for n in query.names)]
         vote_covers = vote_hit is not None and query.focal <= index.passage_concepts[vote_hit.row]
-        if not lead and not stating and not vote_covers:
+        if not lead and not stating and not vote_covers and not meet_in_setting:
             names = "、".join(f"“{lexicon.canonical(c)}”" for c in sorted(query.focal) if not re.search(r"\d", lexicon.canonical(c)))
             return _refuse(f"本知识库没有同时涉及{names or '问题中这几个方面'}的内容")
         candidates = lead[:1] + [c for c in candidates if c not in lead[:1] and (

@@ -35,7 +35,8 @@ LEAD_MAX_CHARS = 260
 WHY_KINDS = ("evidence", "intro", "reference", "fulltext")  # where a mechanism or a cause is told
 KEEP_RATIO = 0.80  # default of Settings.sentence_keep_ratio: a further block must score this share of the lead's
 NEIGHBOUR_RATIO = 0.75  # an adjacent sentence joins the lead block at this share of its score
-# Properties a question can be about (预后, 生存, 疗效, 耐受): the lead must name the one asked.
+# Properties a question can be about (预后, 生存, 疗效, 耐受), like the mechanisms it names (SCF,
+# D5-D5): the lead must name the one asked.
 # Sensitivity is left out: it is what the whole document is about.
 ASKED_PROPERTIES = {"prognosis", "survival", "efficacy", "tolerance"}
 # "400吃着进展了" / "标准剂量失败": the guideline's statement on failure of the standard dose answers it.
@@ -359,7 +360,7 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
         # saying 基本一致), not only the best-fused one: scores are re-weighed by that share.
         share = wording_share(index, query, lexicon)
         # What is asked about (预后, 敏感性, 疗效…): a sentence that names it leads over one that does not.
-        asked_about = query.concepts & ASKED_PROPERTIES
+        asked_about = (query.concepts & ASKED_PROPERTIES) | {c for c in query.concepts if lexicon.concepts[c].type == "mechanism"}
 
         def names_asked(c: Candidate) -> bool:
             return not asked_about or bool(asked_about & lexicon.concepts_in(c.sentence.text))

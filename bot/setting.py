@@ -119,7 +119,7 @@ _AUTHORS = re.compile(r"谁写|谁执笔|作者|执笔|撰写|哪个医院|哪�
 _MANAGEMENT = re.compile(r"怎么办|咋办|咋整|咋治|怎么弄|用啥|该用|吃啥|换啥|怎么处理|如何处理|怎么治|如何治|用什么药|吃什么药|换什么药|用药|方案|加量|加到|加至|减量|首选|推荐|建议|应该|"
                          r"下一步|选什么|吃多少|用多少|多大剂量|多少剂量|剂量多少|剂量是多少|要不要|需不需要|能不能|可以用|还能用|怎么调整|如何调整|调整|"
                          r"上800|上600|换药|换成|怎么用|如何用|行不行|可不可以|可以吗|能行吗|行吗|合适吗|够不够|够吗|需要(?:上|用|加|吃|换)|要(?:上|用|加|换)|能(?:上|用|加)|可以(?:上|加|换)|"
-                         r"what (?:should|to do|next)|how (?:to|should)|manage|which drug|next step|escalat|increase|what dose|which dose|recommend")
+                         r"what (?:should|to do|next)|how (?:to|should)|\bshould\b|manage|which drug|next step|escalat|increase|what dose|which dose|recommend")
 # A question about the state of the evidence or of the guidelines ("证据充分吗", "一致吗") is not
 # one about what to do, even when it names a treatment.
 _EVIDENCE_QUESTION = re.compile(r"证据|研究|一致|明确|达成|阐明|充分|支持|争议|效果如何|疗效如何|有没有.{0,6}推荐|有.{0,4}推荐吗|"
