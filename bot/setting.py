@@ -46,6 +46,7 @@ _AFTER = re.compile(r"停药|停了|停用|结束后|结束以后|完成后|治�
                     r"after stopping|after (?:completing|completion|finishing)|after (?:the )?adjuvant|discontinu|stopped|completed|finished|off imatinib")
 _FIRST_LINE = re.compile(r"晚期|转移性|(?<!复发)转移|肝转移|腹膜转移|初诊|一线|首选|不可切除|无法切除|不能切除|初始治疗|首次治疗|初治|"
                          r"advanced|metastatic|unresectable|first[- ]line|frontline|initial (?:treatment|therapy)|newly diagnosed")
+_FIRST_EXPLICIT = re.compile(r"一线|初诊|初治|初始治疗|首次治疗|晚期|first[- ]line|frontline|newly diagnosed|advanced")
 # Failure of the standard dose is the CSCO statement that topic 3 quotes.
 _FAILURE = re.compile(r"失败|耐药|无效|不管用|进展|fail|resist|progress")
 _COMPARE = re.compile(r"区别|不同|差别|差异|相比|比较|对比|一样吗|一样么|有什么两样|vs\.?|versus|compare|differ|same as|和.{0,12}(?:一样|相同)|分别")
@@ -100,8 +101,9 @@ def detect_settings(text: str) -> SettingRead:
         settings = [ADJUVANT]
         if first and compare:
             settings = [FIRST_LINE, ADJUVANT]
-    elif rec and not first:
-        # "停药后复发" / "吃着药复发": stopping or taking the drug implies the adjuvant course.
+    elif rec and (not first or ((after or during) and not _FIRST_EXPLICIT.search(t))):
+        # "停药后复发" / "吃着药复发" / "停药1年后肝转移": stopping or taking the drug implies the
+        # adjuvant course, unless the question says first-line treatment of metastatic disease.
         settings = [RECUR_AFTER] if after and not during else [RECUR_DURING] if during and not after else [RECUR_DURING, RECUR_AFTER]
     elif failure and re.search(r"400|标准剂量|常规剂量|standard", t):
         # "first-line 400 mg failed" / "标准剂量失败": the CSCO failure statement (topic 3) answers it.
