@@ -647,12 +647,15 @@ def asked_terms(query: Query, lexicon: Lexicon, doses: bool = True) -> set[str]:
     setting: "辅助治疗结束后复发") or name what every question here is about (KIT, exon 9, GIST,
     伊马替尼, in any spelling): those say nothing about which sentence of the setting answers."""
     text = to_simplified(query.text)
-    for m in sorted(lexicon.concept_matches(text), key=lambda m: -m.start):
-        concept = lexicon.concepts[m.id]
-        if (concept.topic or concept.type in ("setting", "question_word", "method", "site") or m.id in PLACING_CONCEPTS
-                or m.id in DETAIL_CONCEPTS
-                or (not doses and concept.type in ("dose_level", "dose_value"))):
-            text = text[:m.start] + " " + text[m.end:]
+    spans = [(m.start, m.end) for m in lexicon.concept_matches(text)
+             if lexicon.concepts[m.id].topic or m.id in PLACING_CONCEPTS | DETAIL_CONCEPTS
+             or lexicon.concepts[m.id].type in ("setting", "question_word", "method", "site")
+             or (not doses and lexicon.concepts[m.id].type in ("dose_level", "dose_value"))]
+    # The words that ask ("剂量", "比例", "为什么") say what kind of answer is wanted, not which
+    # sentence gives it ("辅助用药剂量" must not pick the NCCN sentence on 用药剂量).
+    spans += [(m.start, m.end) for m in lexicon.attribute_matches(text)]
+    for start, end in sorted(spans, reverse=True):
+        text = text[:start] + " " * (end - start) + text[end:]
     for cue in (query.reading.setting.cues if query.reading else ()):
         text = re.sub(re.escape(cue), " ", text, flags=re.I)
     return {t for t in content_terms(normalize_for_match(text)) if not SETTING_ONLY.fullmatch(t) and t not in GENERIC_TERMS

@@ -40,7 +40,7 @@ _RECUR = re.compile(r"复发(?!风险|危险|率|的风险|可能)|再发|进展
                     r"发现.{0,10}(?:结节|病灶|占位|肿块)|(?:肝|腹膜|腹腔)(?:内)?(?:结节|占位|病灶)|"
                     r"转移了|(?<!性)转移(?!性)|recurs|recurr(?:ed|ence|ent|ing)(?! risk)|relaps|progress|metasta")
 _DURING = re.compile(r"期间|过程中|治疗中|服药中|用药中|吃着|正在|还在吃|还在服|在吃|在服|服用中|服药时|吃药时|的时候|当中|仍在|"
-                     r"第\d+个月|第[一二三四五六七八九十]+个月|"
+                     r"第\d+个?(?:月|年)|第[一二三四五六七八九十]+个?(?:月|年)|"
                      r"while on|during|on adjuvant|on imatinib|still taking|while taking")
 _AFTER = re.compile(r"停药|停了|停用|结束后|结束以后|完成后|治疗后|辅助后|(?:辅助|治疗|服药|用药|吃药|疗程|或)(?:结束)?(?:之后|以后)|吃完|服完|疗程结束|治疗结束|辅助结束|停止|"
                     r"after stopping|after (?:completing|completion|finishing)|after (?:the )?adjuvant|discontinu|stopped|completed|finished|off imatinib")

@@ -123,6 +123,10 @@ class Lexicon:
         # Passage and sentence texts recur across questions; matching ~400 patterns is the cost.
         return frozenset(m.id for m in self._concepts.find(to_simplified(text)) if not m.id.startswith("_"))
 
+    def attribute_matches(self, text: str) -> list[Match]:
+        """Where the words that ask for an attribute stand ("剂量", "比例", "为什么")."""
+        return self._attributes.find(to_simplified(text))
+
     def attributes_in(self, text: str) -> set[str]:
         # A trigger inside a longer concept term is part of that term: "剂量" in "标准剂量" names a
         # dose level, it does not ask for a dose.

@@ -123,3 +123,11 @@ def test_explain_says_why(bot):
     assert a.explain["settings"] == ["recur_during"] and a.explain["facet"] == "management"
     assert a.explain["blocks"][0]["role"] == "lead" and a.explain["blocks"][0]["why"]
     assert any(not c["in_setting"] for c in a.explain["candidates"]), "other settings' sentences are shown as dropped"
+
+
+def test_words_that_ask_for_a_dose_do_not_pick_the_lead(bot):
+    """"辅助用药剂量" asks for the adjuvant dose; the NCCN sentence that happens to say 用药剂量 does
+    not answer it."""
+    a = bot.answer("60岁女性，结肠GIST术后高危，KIT exon 9，辅助用药剂量？")
+    assert ADJUVANT_PANEL in blocks(a)[0] and ADJUVANT_DOSE in a.answer
+    assert "NCCN指南的推荐较为相似" not in a.answer

@@ -26,6 +26,7 @@ BOTH = (RECUR_DURING, RECUR_AFTER)
     ("术后辅助一年后肝转移怎么办？", BOTH),  # the event that happened last decides
     ("exon 9 停药1年后肝转移，再用伊马替尼用多少？", (RECUR_AFTER,)),  # stopping implies the adjuvant course
     ("吃着药的时候肝转移了", (RECUR_DURING,)),
+    ("辅助治疗第二年复查发现肝转移，exon 9，下一步？", (RECUR_DURING,)),  # the n-th year of the course
     ("晚期GIST一线吃着伊马替尼进展了", (FIRST_LINE,)),  # first-line named: not the adjuvant course
     ("复发转移怎么处理？", BOTH),
     ("标准剂量失败后怎么办？", BOTH),
