@@ -183,7 +183,7 @@ def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: 
                                                      and len(re.sub(r"\s", "", text)) <= 20)
     context: set[str] = set()
     retrieval = to_simplified(text)  # the corpus is in simplified characters
-    reading = Reading(setting, detect_facet(text, attributes, concepts, author_names))
+    reading = Reading(setting, detect_facet(text, attributes, concepts, author_names, setting))
     refused_before = False
     if followup:
         last = history[-1]
@@ -199,7 +199,7 @@ def analyse(raw: str, history: list[str] | None, lexicon: Lexicon, corpus_norm: 
             elif last_setting.specific:
                 reading.setting, reading.setting_from_history = last_setting, True
             last_attributes = lexicon.attributes_in(last)
-            earlier = detect_facet(last, last_attributes, set(lexicon.concepts_in(last)), author_names)
+            earlier = detect_facet(last, last_attributes, set(lexicon.concepts_in(last)), author_names, last_setting)
             if ((reading.intent.facet == "general" and reading.intent.cue != "evidence")
                     or (reading.intent.cue == "setting named bare" and earlier.facet != "general")):
                 attributes = attributes | last_attributes

@@ -150,7 +150,8 @@ class Intent:
     cue: str = ""
 
 
-def detect_facet(text: str, attributes: set[str], concepts: set[str], author_names: tuple[str, ...] = ()) -> Intent:
+def detect_facet(text: str, attributes: set[str], concepts: set[str], author_names: tuple[str, ...] = (),
+                 setting: SettingRead | None = None) -> Intent:
     """One facet per question, most specific first: who wrote it, the vote, why, a stated value,
     what to do, anything else."""
     t = _norm(text)
@@ -177,7 +178,7 @@ def detect_facet(text: str, attributes: set[str], concepts: set[str], author_nam
         return Intent(GENERAL, "evidence")
     if m or "dose" in attributes:
         return Intent(MANAGEMENT, m.group(0) if m else (number.group(0) if number else "dose"))
-    if len(re.sub(r"\s", "", t)) <= SHORT_QUESTION and detect_settings(t).specific and not re.search(
+    if len(re.sub(r"\s", "", t)) <= SHORT_QUESTION and (setting or detect_settings(t)).specific and not re.search(
             r"证据|研究|文献|指南|预后|机制|比例|为什么|evidence|study|guideline|prognos", t):
         # "那辅助治疗呢？" / "停药后复发？": a setting named bare asks for its bottom line.
         return Intent(MANAGEMENT, "setting named bare")
