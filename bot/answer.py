@@ -105,11 +105,10 @@ class Bot:
             return index
 
     def _check_model(self, index: StoredIndex) -> None:
-        from indexer.e5_model import ensure_default_model, model_fingerprint
+        from indexer.embed import encoder_identity
 
-        model_dir = ensure_default_model(self.settings)
+        model_dir, have = encoder_identity(self.settings)
         want = index.manifest.get("model", {}).get("fingerprint")
-        have = model_fingerprint(model_dir)
         if want != have:
             raise IndexModelMismatch(
                 f"索引是用另一个嵌入模型建立的（索引: {index.manifest.get('model', {}).get('path')}，当前: {model_dir}）。"

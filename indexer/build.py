@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
+from indexer.embed import uses_onnx
 from indexer.lexicon import Lexicon
 from indexer.load import LoadProblem, load_corpus
 from indexer.sentences import split_sentences
@@ -59,11 +60,12 @@ class BuildReport:
 
 
 def _versions() -> dict:
-    import faiss
-    import sentence_transformers
+    from importlib.metadata import version
 
-    return {"python": platform.python_version(), "faiss": faiss.__version__,
-            "sentence_transformers": sentence_transformers.__version__, "chunker": CHUNKER_VERSION}
+    # Read from the installed metadata: importing sentence-transformers would load torch.
+    return {"python": platform.python_version(), "faiss": version("faiss-cpu"),
+            "sentence_transformers": version("sentence-transformers"), "onnxruntime": version("onnxruntime"),
+            "chunker": CHUNKER_VERSION}
 
 
 def _lexicon_hash(settings: Settings) -> str:
@@ -71,10 +73,9 @@ def _lexicon_hash(settings: Settings) -> str:
 
 
 def _model_identity(settings: Settings) -> tuple[Path, str]:
-    from indexer.e5_model import ensure_default_model, model_fingerprint
+    from indexer.embed import ensure_encoder
 
-    model_dir = ensure_default_model(settings)
-    return model_dir, model_fingerprint(model_dir)
+    return ensure_encoder(settings)
 
 
 def _previous_vectors(index_dir: Path, fingerprint: str) -> dict[str, np.ndarray]:
@@ -170,6 +171,7 @@ def _build_locked(settings: Settings, rebuild: bool, progress: bool, t0: float) 
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": {"path": str(model_dir), "fingerprint": fingerprint, "dim": int(dim),
+                  "encoder": "onnx" if uses_onnx(settings) else "torch",
                   "query_prefix": settings.query_prefix, "passage_prefix": settings.passage_prefix},
         "corpus": corpus_state,
         "documents": {d.doc_id: {"path": d.path, "kind": d.kind, "sha256": d.sha256} for d in docs},

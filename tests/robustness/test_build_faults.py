@@ -22,7 +22,8 @@ from indexer.store import IndexCorrupt, current_build_dir, load_build, read_mani
 
 REPO = Path(__file__).resolve().parents[2]
 GISTQA = str(REPO / ".venv" / "bin" / "gistqa")
-MODEL_FILE = "model.safetensors"
+# The weights file the encoder maps: the ONNX encoder's embedding table, or the torch model's.
+MODEL_FILES = ("word_embeddings.npy", "model.safetensors")
 Q_DOSE = "KIT exon 9突变患者辅助治疗用多大剂量？"
 PROCESS_TIMEOUT_S = 300
 FAULTS: list[str] = []  # what was injected and survived, printed at the end of the module
@@ -78,9 +79,10 @@ def _model_loading(pid: int) -> bool:
     """The process has the model's weights file mapped (or open): the embedder is loading."""
     try:
         with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
-            if MODEL_FILE in f.read():
-                return True
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(MODEL_FILE) for fd in os.listdir(f"/proc/{pid}/fd"))
+            maps = f.read()
+        if any(name in maps for name in MODEL_FILES):
+            return True
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(MODEL_FILES) for fd in os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return False
 

