@@ -167,13 +167,20 @@ def bench(
 def serve(
     host: Optional[str] = typer.Option(None, "--host"),
     port: Optional[int] = typer.Option(None, "--port"),
-    share: bool = typer.Option(False, "--share", help="生成公共分享链接（默认关闭）"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, max=64,
+                                          help="回答 POST /api/ask 的进程数（默认 1：在服务进程内回答）"),
+    share: bool = typer.Option(False, "--share", help="生成公共分享链接（默认关闭；只启动页面，不含 /api/ask）"),
 ) -> None:
-    """启动聊天页面 (start the chat page)."""
-    from bot.app import launch
-
+    """启动聊天页面和 JSON 接口 POST /api/ask (start the chat page and the JSON API)."""
     try:
-        launch(host=host, port=port, share=share)
+        if share or get_settings().share:
+            from bot.app import launch  # Gradio's own server makes the share link
+
+            launch(host=host, port=port, share=True)
+        else:
+            from bot.serve import run
+
+            run(host=host, port=port, workers=workers)
     except _user_errors() as e:
         _fail(str(e))
 

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     share: bool = False
     # Answers run on the CPU; more at once than a few per core only makes every answer slower.
     concurrency_limit: int = 4
+    # Answer processes behind `POST /api/ask` (`gistqa serve --workers N`); 1 = answer in the
+    # server process. One per core is the most that helps.
+    workers: int = Field(default=1, ge=1, le=64)
 
     @classmethod
     def settings_customise_sources(
