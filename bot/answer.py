@@ -20,7 +20,7 @@ from bot.query import Query, analyse
 from bot.retrieve import Hit, in_scope, prefer_sources, promote_references, retrieve
 from bot.types import Answer, Dropped, Quote, ReferenceNote, RetrievedPassage, VoteResult
 from bot.verify import QUOTE_SPAN, quote_problem, unsupported_numbers
-from indexer.lexicon import Lexicon, normalize_for_match
+from indexer.lexicon import Lexicon
 from indexer.settings import Settings, get_settings
 from indexer.store import IndexModelMismatch, IndexMissing, StoredIndex, current_build_dir, load_build
 from indexer.structure import cited_slots
@@ -100,7 +100,7 @@ class Bot:
                 for scope in ("all", "consensus")
             }
             self._corpus_text = "\n".join(p.text for p in index.passages)
-            self._corpus_norm = normalize_for_match(self._corpus_text)
+            self._corpus_norm = index.corpus_norm
             self._index = index
             return index
 

@@ -22,6 +22,7 @@ from indexer.load import LoadProblem, load_corpus
 from indexer.sentences import split_sentences
 from indexer.settings import Settings
 from indexer.store import (
+    FORMAT_VERSION,
     BuildContent,
     _read_jsonl,
     current_build_dir,
@@ -125,7 +126,7 @@ def _build_locked(settings: Settings, rebuild: bool, progress: bool, t0: float) 
     if current is not None and not rebuild:
         try:
             m = read_manifest(current)
-            same = (m.get("corpus") == corpus_state and m.get("model", {}).get("fingerprint") == fingerprint
+            same = (m.get("format_version") == FORMAT_VERSION and m.get("corpus") == corpus_state and m.get("model", {}).get("fingerprint") == fingerprint
                     and m.get("lexicon_sha256") == lexicon_hash and m.get("versions", {}).get("chunker") == CHUNKER_VERSION
                     and not verify_files(current, m))
             if same:

@@ -19,14 +19,15 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from indexer.lexicon import normalize_for_match
 from indexer.types import Document, Passage, Sentence, VoteItem, VoteOption
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: corpus_norm.txt (the corpus normalised at build time)
 # HNSW search breadth: measured recall@10 against exact search at 100k synthetic passages was
 # 0.78 at FAISS's default 16, 0.99 at 128 and 0.998 at 256 (under 1 ms a query).
 HNSW_EF_SEARCH = 256
@@ -69,8 +70,19 @@ def _write_jsonl(path: Path, rows) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All rows at once: one JSON array parsed in C. json.loads line by line cost ~7 s for the
+    460k rows of a 100k-passage index (json.dumps never writes a raw newline inside a row)."""
+    text = path.read_text(encoding="utf-8").strip()
+    return json.loads("[" + text.replace("\n", ",") + "]") if text else []
+
+
+def _frozen(cls, fields: dict):
+    """A frozen dataclass instance from a stored row without its __init__: a frozen __init__ sets
+    each field through object.__setattr__ (~3 s for 360k sentences). The rows were written from
+    such instances by `write_build` and their files are checksummed, so there is nothing to check."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
 
 
 def passage_from_dict(d: dict) -> Passage:
@@ -80,12 +92,12 @@ def passage_from_dict(d: dict) -> Passage:
             vote["number"], vote["question"], vote["start"], vote["end"],
             tuple(VoteOption(**o) for o in vote["options"]),
         )
-    return Passage(
+    return _frozen(Passage, dict(
         passage_id=d["passage_id"], doc_id=d["doc_id"], doc_kind=d["doc_kind"], doc_title=d["doc_title"],
         section_path=tuple(d["section_path"]), evidence_kind=d["evidence_kind"], paragraph=d["paragraph"],
         start=d["start"], end=d["end"], text=d["text"], page=d.get("page"), cites=tuple(d.get("cites", ())),
         ref_slot=d.get("ref_slot"), vote=vote,
-    )
+    ))
 
 
 @dataclass
@@ -125,17 +137,52 @@ def read_manifest(build_dir: Path) -> dict:
     return manifest
 
 
-def verify_files(build_dir: Path, manifest: dict) -> list[str]:
-    """Names of files whose size or sha256 differs from the manifest (empty list: all intact)."""
+VERIFIED_NAME = ".verified.json"  # size and mtime of each file when its sha256 last matched
+
+
+def _stat_key(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _write_verified(build_dir: Path, names) -> None:
+    try:
+        (build_dir / VERIFIED_NAME).write_text(
+            json.dumps({rel: _stat_key(build_dir / rel) for rel in names}), encoding="utf-8")
+    except OSError:
+        pass  # a read-only index is hashed in full on every load instead
+
+
+def verify_files(build_dir: Path, manifest: dict, full: bool = True) -> list[str]:
+    """Names of files whose size or sha256 differs from the manifest (empty list: all intact).
+
+    ``full=False`` (every load) skips hashing a file whose size and mtime are those recorded when
+    its checksum last matched: at 100k passages the files hold ~800 MB, ~2 s of sha256 on each
+    start. Any write to a file changes its mtime, so damage is still hashed and found.
+    `gistqa index --verify` and the build's reuse check hash everything.
+    """
     bad = []
+    stamp: dict = {}
+    if not full:
+        try:
+            stamp = json.loads((build_dir / VERIFIED_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stamp = {}
+    hashed = False
     for rel, info in manifest.get("files", {}).items():
         path = build_dir / rel
         if not path.is_file():
             bad.append(f"{rel} (missing)")
         elif path.stat().st_size != info["bytes"]:
             bad.append(f"{rel} (size {path.stat().st_size}, expected {info['bytes']})")
+        elif isinstance(stamp, dict) and stamp.get(rel) == _stat_key(path):
+            continue
         elif sha256_file(path) != info["sha256"]:
             bad.append(f"{rel} (checksum differs)")
+        else:
+            hashed = True
+    if hashed and not bad:
+        _write_verified(build_dir, manifest.get("files", {}))
     return bad
 
 
@@ -157,6 +204,10 @@ def write_build(index_dir: Path, content: BuildContent, exact_search_max: int) -
             ({**asdict(p), "concepts": c} for p, c in zip(content.passages, content.passage_concepts)),
         )
         _write_jsonl(tmp / "sentences.jsonl", (asdict(s) for s in content.sentences))
+        # What answering matches question words against, normalised here once: at 100k passages
+        # OpenCC and NFKC took ~20 s on every start.
+        (tmp / "corpus_norm.txt").write_text(
+            normalize_for_match("\n".join(p.text for p in content.passages)), encoding="utf-8")
         np.save(tmp / "passage_vectors.npy", content.passage_vectors, allow_pickle=False)
         np.save(tmp / "sentence_vectors.npy", content.sentence_vectors, allow_pickle=False)
         faiss.write_index(make_dense_index(content.passage_vectors, exact_search_max), str(tmp / "dense.faiss"))
@@ -170,6 +221,7 @@ def write_build(index_dir: Path, content: BuildContent, exact_search_max: int) -
         manifest = {**content.manifest, "format_version": FORMAT_VERSION, "build": name, "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
         _fsync_tree(tmp)
+        _write_verified(tmp, files)  # just hashed: the first load need not hash again
         previous = current_build_dir(index_dir)
         final = builds / name
         os.rename(tmp, final)
@@ -253,6 +305,7 @@ class StoredIndex:
     passage_by_id: dict = field(default_factory=dict)  # passage_id -> Passage (verification looks up by id)
     slot_rows: dict = field(default_factory=dict)  # reference slot -> rows of its card / full-text passages
     slot_records: dict = field(default_factory=dict)  # reference slot -> its card's candidate-record passage
+    corpus_norm: str = ""  # normalize_for_match of the passages' text joined by newlines (built once)
 
 
 def load_build(index_dir: Path, verify: bool = True) -> StoredIndex:
@@ -267,7 +320,7 @@ def load_build(index_dir: Path, verify: bool = True) -> StoredIndex:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise IndexCorrupt(f"索引格式版本不符 ({manifest.get('format_version')} != {FORMAT_VERSION}). {REBUILD_HINT}")
     if verify:
-        bad = verify_files(build_dir, manifest)
+        bad = verify_files(build_dir, manifest, full=False)
         if bad:
             raise IndexCorrupt(f"索引文件损坏或被改动: {', '.join(bad)} in {build_dir}. {REBUILD_HINT}")
     try:
@@ -277,9 +330,15 @@ def load_build(index_dir: Path, verify: bool = True) -> StoredIndex:
         rows = _read_jsonl(build_dir / "passages.jsonl")
         passages = [passage_from_dict(r) for r in rows]
         concepts = [frozenset(r.get("concepts", ())) for r in rows]
-        sentences = [Sentence(**s) for s in _read_jsonl(build_dir / "sentences.jsonl")]
-        pv = np.load(build_dir / "passage_vectors.npy", allow_pickle=False)
-        sv = np.load(build_dir / "sentence_vectors.npy", allow_pickle=False)
+        sentence_fields = {f.name for f in fields(Sentence)}
+        sentences = [_frozen(Sentence, s) for s in _read_jsonl(build_dir / "sentences.jsonl")]
+        if sentences and set(vars(sentences[0])) != sentence_fields:
+            raise KeyError(f"sentence fields {sorted(vars(sentences[0]))}")
+        corpus_norm = (build_dir / "corpus_norm.txt").read_text(encoding="utf-8")
+        # Memory-mapped, read-only: pages come from the page cache on use (shared by every worker
+        # process on the machine), not ~700 MB read at each start of a 100k-passage index.
+        pv = np.load(build_dir / "passage_vectors.npy", mmap_mode="r", allow_pickle=False)
+        sv = np.load(build_dir / "sentence_vectors.npy", mmap_mode="r", allow_pickle=False)
         dense = faiss.read_index(str(build_dir / "dense.faiss"))
         if hasattr(dense, "hnsw"):
             dense.hnsw.efSearch = max(dense.hnsw.efSearch, HNSW_EF_SEARCH)
@@ -302,4 +361,4 @@ def load_build(index_dir: Path, verify: bool = True) -> StoredIndex:
                 slot_records.setdefault(p.ref_slot, p)
     return StoredIndex(build_dir, manifest, documents, passages, concepts, sentences, sentence_passage,
                        passage_sentences, pv, sv, dense, lexical, {p.passage_id: p for p in passages},
-                       slot_rows, slot_records)
+                       slot_rows, slot_records, corpus_norm)
