@@ -266,13 +266,14 @@ def quality(rows: list[dict]) -> dict:
 
 
 def measure_warm(bot, items: list[Item]) -> dict:
-    rows, _ = answer_items(bot, items)
+    rows, answers = answer_items(bot, items)
     return {
         "questions": len(rows),
         "stages_ms": stage_spread([r["timing_ms"] for r in rows]),
         "wall_ms": spread([r["wall_ms"] for r in rows]),
         "refused": sum(r["refused"] for r in rows),
-        "quality": quality(rows),
+        "quality": {**quality(rows), "strict_answer_accuracy": _strict_accuracy(items, answers,
+                                                                                Sources.from_index(bot._ensure_loaded()))},
     }
 
 
@@ -372,6 +373,103 @@ def measure_concurrency(bot, items: list[Item], plan: Plan) -> dict:
     return out
 
 
+# --- serving: `gistqa serve --workers N`, POST /api/ask ---------------------------------------------
+SERVE_WORKERS = (1, 2)
+
+
+def _proc_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _start_server(settings: Settings, workers: int) -> tuple[subprocess.Popen, str, dict]:
+    port = _free_port()
+    proc = subprocess.Popen([*_gistqa_command(), "serve", "--port", str(port), "--workers", str(workers)],
+                            cwd=REPO_ROOT, env=_child_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + APP_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gistqa serve exited {proc.returncode}: {proc.stderr.read()[-1500:]}")
+        try:
+            import urllib.request
+
+            with urllib.request.urlopen(url + "/api/health", timeout=5) as r:
+                health = json.loads(r.read())
+            if len(health.get("worker_pids", [])) == workers:
+                return proc, url, health
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"gistqa serve --workers {workers} did not start within {APP_START_TIMEOUT_S} s")
+
+
+def measure_serving(settings: Settings, items: list[Item], plan: Plan) -> dict:
+    """`gistqa serve --workers 1|2` as a real process; 1/4/16 clients POST /api/ask over keep-alive
+    connections; the RSS of the front process and of each worker after warm-up and after the load."""
+    import http.client
+
+    out: dict = {"runs": []}
+    for workers in SERVE_WORKERS:
+        proc, url, health = _start_server(settings, workers)
+        host, port = url.removeprefix("http://").split(":")
+        pids = {"front": proc.pid, **{f"worker{i + 1}": pid for i, pid in enumerate(health["worker_pids"])
+                                      if workers > 1}}
+        try:
+            warm = http.client.HTTPConnection(host, int(port), timeout=REQUEST_TIMEOUT_S)
+            for item in items[:5]:  # warm-up: first answers load lazily built structures
+                warm.request("POST", "/api/ask", json.dumps({"question": item.question}), {"content-type": "application/json"})
+                warm.getresponse().read()
+            rss_warm = {name: _proc_rss_mb(pid) for name, pid in pids.items()}
+            levels = []
+            for clients in plan.concurrency:
+                connections = [http.client.HTTPConnection(host, int(port), timeout=REQUEST_TIMEOUT_S)
+                               for _ in range(clients)]
+
+                def post(w: int, item: Item, connections=connections) -> float | None:
+                    body = json.dumps({"question": item.question, "history": list(item.history)}, ensure_ascii=False)
+                    connections[w].request("POST", "/api/ask", body.encode("utf-8"), {"content-type": "application/json"})
+                    response = connections[w].getresponse()
+                    data = json.loads(response.read())
+                    if response.status != 200:
+                        raise RuntimeError(f"HTTP {response.status}: {str(data)[:200]}")
+                    return data.get("timing_ms", {}).get("total")
+
+                levels.append(_run_level(clients, _request_plan(items, plan.requests_for(clients)), post))
+                for c in connections:
+                    c.close()
+            out["runs"].append({"workers": workers, "levels": levels, "rss_after_warm_up_mb": rss_warm,
+                                "rss_after_load_mb": {name: _proc_rss_mb(pid) for name, pid in pids.items()}})
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    out["method"] = ("`gistqa serve --port P --workers N` in its own process; each client thread owns one keep-alive "
+                     "http.client connection and POSTs {question, history} to /api/ask; fixed request counts per level. "
+                     "workers=1 answers in the server process; workers=2 in two answer processes behind it.")
+    return out
+
+
+# --- the baseline as its own process: cold start and memory ---------------------------------------
+def _worker_baseline(job: dict) -> dict:
+    """The plain LangChain pipeline from a fresh process: import, load the model on torch, split and
+    embed the consensus, answer one question. Wall time to the first answer and RSS after it."""
+    t0 = time.perf_counter()
+    baseline = plain_langchain_pipeline(Settings(**job["settings"]) if job.get("settings") else None)
+    baseline["search"](job["question"])
+    return {"cold_start_s": round(time.perf_counter() - t0, 3), "rss_mb": current_rss_mb(),
+            "high_water_rss_mb": high_water_rss_mb()}
+
+
 # --- index build --------------------------------------------------------------------------------
 def _copy_corpus(settings: Settings, target: Path, subset: bool) -> Path:
     from indexer.load import corpus_files
@@ -441,27 +539,43 @@ def e5_embeddings(embedder):
     return E5Embeddings()
 
 
-def measure_baseline(settings: Settings, embedder, items: list[Item]) -> dict:
-    """Splitter 500/50 over the consensus, the same model, LangChain FAISS, top-5 chunks joined as the answer."""
+def plain_langchain_pipeline(settings: Settings | None = None) -> dict:
+    """What a developer writes with LangChain: RecursiveCharacterTextSplitter 500/50 over the
+    consensus, the same e5 model through sentence-transformers on torch (LangChain's usual
+    HuggingFaceEmbeddings path), FAISS.from_texts, top-5 chunks joined as the answer."""
     import warnings
 
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
+    from indexer.e5_model import ensure_default_model
+    from indexer.embed import Embedder
+    from indexer.settings import get_settings
+
+    settings = settings or get_settings()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # langchain-community announces its sunset
         from langchain_community.vectorstores import FAISS
 
+    model_dir = ensure_default_model(settings)
+    embedder = Embedder(model_dir, "baseline", settings.query_prefix, settings.passage_prefix)
     text = (Path(settings.corpus_dir) / CONSENSUS_FILE).read_text(encoding="utf-8")
     t = time.perf_counter()
     chunks = RecursiveCharacterTextSplitter(chunk_size=BASELINE_CHUNK_SIZE,
                                             chunk_overlap=BASELINE_CHUNK_OVERLAP).split_text(text)
     store = FAISS.from_texts(chunks, e5_embeddings(embedder))
-    build_s = time.perf_counter() - t
-    store.similarity_search("预热", k=BASELINE_TOP_K)
-    rows = []
+    return {"search": lambda q: store.similarity_search(q, k=BASELINE_TOP_K), "chunks": chunks, "text": text,
+            "build_s": round(time.perf_counter() - t, 3)}
+
+
+def measure_baseline(settings: Settings, items: list[Item], sources) -> dict:
+    """The plain pipeline's latency and quality on the same questions (answers scored by the same rules)."""
+    pipeline = plain_langchain_pipeline(settings)
+    search = pipeline["search"]
+    search("预热")
+    rows, answers = [], []
     for item in items:
         t = time.perf_counter()
-        docs = store.similarity_search(item.question, k=BASELINE_TOP_K)
+        docs = search(item.question)
         answer = "\n\n".join(d.page_content for d in docs)
         latency = _ms_since(t)
         rank = retrieval_rank([SimpleNamespace(text=d.page_content) for d in docs], item.gold, HIT_K) if item.gold else None
@@ -471,27 +585,53 @@ def measure_baseline(settings: Settings, embedder, items: list[Item]) -> dict:
             correct = False  # it never refuses
         rows.append({"wall_ms": latency, "has_gold": bool(item.gold), "rank": rank, "correct": correct,
                      "answer_chars": len(answer)})
+        # As the scorer reads an answer: the text shown, no quote blocks, never refused.
+        answers.append(SimpleNamespace(answer=answer, refused=False, refusal_reason="", quotes=[], dropped=[], timing_ms={},
+                                       passages=[SimpleNamespace(text=d.page_content) for d in docs]))
+    cold = _run_worker("baseline", {"size": "cold", "question": items[0].question,
+                                    "settings": json.loads(settings.model_dump_json())},
+                       Path(tempfile.mkdtemp(prefix="gistqa-bench-baseline-")), COLD_START_TIMEOUT_S, settings)
     return {
         "pipeline": f"RecursiveCharacterTextSplitter({BASELINE_CHUNK_SIZE}/{BASELINE_CHUNK_OVERLAP}) over "
-                    f"{CONSENSUS_FILE}, our e5 model behind langchain_core Embeddings, "
-                    f"langchain_community FAISS.from_texts, similarity_search k={BASELINE_TOP_K}, answer = chunks joined",
-        "chunks": len(chunks), "document_chars": len(text), "build_s": round(build_s, 3),
+                    f"{CONSENSUS_FILE}, the same e5 model on torch (sentence-transformers) behind langchain_core "
+                    f"Embeddings, langchain_community FAISS.from_texts, similarity_search k={BASELINE_TOP_K}, "
+                    "answer = chunks joined",
+        "chunks": len(pipeline["chunks"]), "document_chars": len(pipeline["text"]), "build_s": pipeline["build_s"],
         "latency_ms": spread([r["wall_ms"] for r in rows]),
-        "quality": quality(rows),
+        "quality": {**quality(rows), "strict_answer_accuracy": _strict_accuracy(items, answers, sources)},
+        "cold_start_s": cold["cold_start_s"], "rss_mb": cold["rss_mb"],
     }
 
 
-def compare(ours: dict, baseline: dict) -> dict:
-    """Ours as ratios to the baseline (latency: < 1 is faster; quality: > 1 is better)."""
+def _strict_accuracy(items: list[Item], answers: list, sources) -> float | None:
+    """The evaluation's strict answer accuracy (`evals.metrics.strict_metrics`) of these answers."""
+    from evals.metrics import strict_metrics
+
+    return strict_metrics([score_answer(i, a, sources, HIT_K) for i, a in zip(items, answers)])["strict_answer_accuracy"]
+
+
+def compare(ours: dict, baseline: dict, cold: dict | None = None, serving: dict | None = None) -> dict:
+    """Ours as ratios to the baseline (latency, memory, cold start: < 1 is better; quality: > 1 is better)."""
     def ratio(a, b):
         return round(a / b, 3) if a is not None and b else None
 
     ql, qb = ours["quality"], baseline["quality"]
+    front_rss = None
+    for run in (serving or {}).get("runs", []):
+        if run["workers"] == 1:
+            front_rss = (run.get("rss_after_load_mb") or {}).get("front")
+    our_cold = ((cold or {}).get("median") or {}).get("wall_s")
     return {
         "latency_p50_ratio": ratio(ours["stages_ms"]["total"]["p50"], baseline["latency_ms"]["p50"]),
         "latency_p95_ratio": ratio(ours["stages_ms"]["total"]["p95"], baseline["latency_ms"]["p95"]),
+        "memory_ratio": ratio(front_rss, baseline.get("rss_mb")),
+        "memory_mb": {"gistqa_serve": front_rss, "baseline": baseline.get("rss_mb")},
+        "cold_start_ratio": ratio(our_cold, baseline.get("cold_start_s")),
+        "cold_start_s": {"gistqa_ask": our_cold, "baseline": baseline.get("cold_start_s")},
         f"hit@{HIT_K}_ratio": ratio(ql[f"hit@{HIT_K}"], qb[f"hit@{HIT_K}"]),
         "answer_accuracy_ratio": ratio(ql["answer_accuracy"], qb["answer_accuracy"]),
+        "strict_answer_accuracy": {"gistqa": ql.get("strict_answer_accuracy"), "baseline": qb.get("strict_answer_accuracy")},
+        "strict_answer_accuracy_ratio": ratio(ql.get("strict_answer_accuracy"), qb.get("strict_answer_accuracy")),
         "median_answer_chars_ratio": ratio(ql["median_answer_chars"], qb["median_answer_chars"]),
     }
 
@@ -786,7 +926,7 @@ def _worker_query(job: dict) -> dict:
     return out
 
 
-WORKERS = {"build": _worker_build, "query": _worker_query}
+WORKERS = {"build": _worker_build, "query": _worker_query, "baseline": _worker_baseline}
 
 
 def _run_worker(kind: str, job: dict, work: Path, timeout_s: float, settings: Settings) -> dict:
@@ -938,16 +1078,18 @@ def run_bench(settings: Settings, out_dir: Path, smoke: bool = False, set_file: 
             "note": "ru_maxrss is the process's peak since it started (a test run's process holds more than the bot)",
         }
         phase("build", lambda: measure_build(settings, work / "build", plan))
+        phase("serving", lambda: measure_serving(settings, items, plan))
         if bot is not None:
-            phase("baseline", lambda: measure_baseline(settings, bot.embedder(), items))
+            phase("baseline", lambda: measure_baseline(settings, items, Sources.from_index(bot._ensure_loaded())))
             if "error" not in phases["warm"] and "error" not in phases["baseline"]:
-                phases["comparison"] = compare(phases["warm"], phases["baseline"])
+                phases["comparison"] = compare(phases["warm"], phases["baseline"], phases.get("cold_start"),
+                                               phases.get("serving"))
             phase("scaling", lambda: measure_scaling(settings, bot, items, plan, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if "error" not in phases.get("build", {"error": 1}) and "error" not in phases.get("scaling", {"error": 1}):
         phases["real_build_estimate"] = estimate_real_build(phases["build"], phases["scaling"])
-    for name in ("cold_start", "warm", "concurrency", "memory", "build", "baseline", "comparison", "scaling"):
+    for name in ("cold_start", "warm", "concurrency", "serving", "memory", "build", "baseline", "comparison", "scaling"):
         result[name] = phases.get(name, {"error": "not run (an earlier phase failed)"})
     result["real_build_estimate"] = phases.get("real_build_estimate", [])
     result["meta"].update({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

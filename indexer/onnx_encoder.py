@@ -7,10 +7,11 @@ transformers. The folder holds:
 - ``encoder.onnx``: the 12 transformer layers, mean pooling and L2 normalisation, exported from the
   very weights of the torch folder and fused by ONNX Runtime's transformer optimiser (Attention,
   SkipLayerNormalization, BiasGelu). Its input is the looked-up word embeddings, not token ids:
-- ``word_embeddings.npy``: the 250,002 x 384 word-embedding table (384 MB of the model's 470 MB).
-  It is memory-mapped with MADV_RANDOM, so a process holds only the rows its texts touched (a few
-  hundred kB for thousands of questions) and worker processes share them through the page cache.
-  Inside ONNX Runtime the table would be resident in every process.
+- ``word_embeddings.npy``: the 250,037 x 384 word-embedding table (384 MB of the model's 470 MB).
+  A text's rows are read with `os.pread` (~30 rows of 1.5 kB for a question): nothing of the table
+  is resident in the process, and the operating system's page cache holds one copy for every
+  worker. Inside ONNX Runtime, or memory-mapped (the kernel maps 64 kB around each touched row,
+  MADV_RANDOM or not: 180 MB resident after 270 questions), it would count in every process.
 - ``pieces.txt``, ``scores.npy``, ``normalization.json``: the XLM-R Unigram vocabulary for
   `indexer.unigram` (the `tokenizers` Unigram of the torch path holds ~280 MB, this ~35 MB).
 - ``gistqa_encoder.json``: what it was built from, each file's size and sha256, and the
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import shutil
 import tempfile
@@ -223,7 +223,44 @@ def read_manifest(folder: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Encoding (numpy, onnxruntime, sentencepiece: no torch)
+# Encoding (numpy, onnxruntime: no torch)
+# --------------------------------------------------------------------------------------------
+class _RowFile:
+    """Rows of a float32 .npy matrix read on demand with pread (no mapping, nothing resident)."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(handle)
+            self._offset = handle.tell()
+        if fortran or dtype != np.dtype("<f4") or len(shape) != 2:
+            raise ValueError(f"{path.name}: expected a C-order float32 matrix, found {dtype} {shape}")
+        self.shape = tuple(shape)
+        self._row_bytes = shape[1] * 4
+        self._fd = os.open(path, os.O_RDONLY)
+        if os.fstat(self._fd).st_size != self._offset + shape[0] * self._row_bytes:
+            raise ValueError(f"{path.name}: size does not match its header")
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        unique, inverse = np.unique(ids, return_inverse=True)
+        found = np.empty((len(unique), self.shape[1]), dtype=np.float32)
+        for i, row in enumerate(unique.tolist()):
+            if not 0 <= row < self.shape[0]:
+                raise ValueError(f"token id {row} outside the table")
+            found[i] = np.frombuffer(os.pread(self._fd, self._row_bytes, self._offset + row * self._row_bytes),
+                                     dtype="<f4")
+        return found[inverse.reshape(ids.shape)]
+
+    def __del__(self):
+        try:
+            os.close(self._fd)
+        except (AttributeError, OSError):
+            pass
+
+
+# --------------------------------------------------------------------------------------------
 # --------------------------------------------------------------------------------------------
 class OnnxEncoder:
     """Same interface as `indexer.embed.Embedder`: ``dim``, ``fingerprint``, ``encode_queries``,
@@ -241,7 +278,7 @@ class OnnxEncoder:
         self.passage_prefix = passage_prefix
         try:
             self.tokenizer = UnigramTokenizer(self.model_dir, manifest["tokenizer"])
-            self._table = np.load(self.model_dir / TABLE_NAME, mmap_mode="r", allow_pickle=False)
+            self._table = _RowFile(self.model_dir / TABLE_NAME)
             options = ort.SessionOptions()
             # One thread per question: several users (or workers) share two cores; threads that
             # contend made a query slower, not faster, under load. Index builds use more.
@@ -255,9 +292,6 @@ class OnnxEncoder:
         # The table may have more rows than pieces (the model's vocabulary is padded), never fewer.
         if self._table.shape != (manifest["vocab_size"], self.dim) or self.tokenizer.size > manifest["vocab_size"]:
             raise ModelError(f"ONNX 编码器 {self.model_dir} 的词表与嵌入表不一致。{REBUILD_HINT}。")
-        mapped = getattr(self._table, "_mmap", None)
-        if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
-            mapped.madvise(mmap.MADV_RANDOM)  # no read-ahead: only the rows looked up become resident
 
     def token_ids(self, text: str) -> list[int]:
         pieces = self.tokenizer.encode(text)
@@ -271,7 +305,7 @@ class OnnxEncoder:
         for i, row in enumerate(ids):
             tokens[i, : len(row)] = row
             mask[i, : len(row)] = 1
-        embeds = np.asarray(self._table[tokens], dtype=np.float32)
+        embeds = self._table.rows(tokens)
         return self._session.run(None, {"inputs_embeds": embeds, "attention_mask": mask})[0]
 
     def _encode(self, texts: list[str], prefix: str, threads: int) -> np.ndarray:
