@@ -24,8 +24,8 @@ from indexer.settings import Settings
 from indexer.store import (
     FORMAT_VERSION,
     BuildContent,
-    _read_jsonl,
     current_build_dir,
+    load_build,
     read_manifest,
     text_key,
     verify_files,
@@ -88,12 +88,11 @@ def _previous_vectors(index_dir: Path, fingerprint: str) -> dict[str, np.ndarray
         manifest = read_manifest(build)
         if manifest.get("model", {}).get("fingerprint") != fingerprint or verify_files(build, manifest):
             return {}
+        old = load_build(index_dir)
         cache: dict[str, np.ndarray] = {}
-        for rows_file, vec_file in (("passages.jsonl", "passage_vectors.npy"), ("sentences.jsonl", "sentence_vectors.npy")):
-            rows = _read_jsonl(build / rows_file)
-            vecs = np.load(build / vec_file, allow_pickle=False)
-            for row, vec in zip(rows, vecs):
-                cache[text_key(row["text"])] = vec
+        for items, vecs in ((old.passages, old.passage_vectors), (old.sentences, old.sentence_vectors)):
+            for item, vec in zip(items, vecs):
+                cache[text_key(item.text)] = np.array(vec)
         return cache
     except Exception:  # a damaged old build only means no cache
         return {}

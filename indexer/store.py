@@ -4,7 +4,7 @@
     <index_dir>/builds/<name>/manifest.json      model fingerprint, corpus hashes, versions, checksums
                               documents.jsonl    document texts (quotes are verified against these)
                               passages.jsonl     passages with section path, offsets, citations, concepts
-                              sentences.jsonl    sentences with offsets
+                              sentences.npy      sentences as (passage row, index, start, end); text = document slice
                               passage_vectors.npy, sentence_vectors.npy   float32, L2-normalised
                               dense.faiss        FAISS index over passage vectors (FAISS's own format)
                               lexical/           bm25s index (JSON + numpy arrays)
@@ -14,12 +14,14 @@ leaves the previous index in use.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ import numpy as np
 from indexer.lexicon import normalize_for_match
 from indexer.types import Document, Passage, Sentence, VoteItem, VoteOption
 
-FORMAT_VERSION = 2  # 2: corpus_norm.txt (the corpus normalised at build time)
+FORMAT_VERSION = 3  # 2: corpus_norm.txt (the corpus normalised at build time); 3: sentences.npy
 # HNSW search breadth: measured recall@10 against exact search at 100k synthetic passages was
 # 0.78 at FAISS's default 16, 0.99 at 128 and 0.998 at 256 (under 1 ms a query).
 HNSW_EF_SEARCH = 256
@@ -203,7 +205,7 @@ def write_build(index_dir: Path, content: BuildContent, exact_search_max: int) -
             tmp / "passages.jsonl",
             ({**asdict(p), "concepts": c} for p, c in zip(content.passages, content.passage_concepts)),
         )
-        _write_jsonl(tmp / "sentences.jsonl", (asdict(s) for s in content.sentences))
+        np.save(tmp / "sentences.npy", sentence_rows(content.passages, content.sentences), allow_pickle=False)
         # What answering matches question words against, normalised here once: at 100k passages
         # OpenCC and NFKC took ~20 s on every start.
         (tmp / "corpus_norm.txt").write_text(
@@ -288,6 +290,48 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+SENTENCE_COLUMNS = ("passage_row", "index", "start", "end")
+
+
+def sentence_rows(passages: list[Passage], sentences: list[Sentence]) -> np.ndarray:
+    """Sentences as an int64 matrix, one row (passage row, index in passage, start, end) each."""
+    row_of = {p.passage_id: i for i, p in enumerate(passages)}
+    rows = np.zeros((len(sentences), len(SENTENCE_COLUMNS)), dtype=np.int64)
+    for j, s in enumerate(sentences):
+        rows[j] = (row_of[s.passage_id], s.index, s.start, s.end)
+    return rows
+
+
+class SentenceTable(Sequence):
+    """The index's sentences, made on access from their offsets and the documents' text.
+
+    A 100k-passage index holds ~360k sentences: parsing them from JSON and making every object
+    took ~5 s of each start; a sentence is needed only when its passage is scored. The text is the
+    document's slice at the sentence's offsets, which is what the sentence is (the build cuts it so;
+    quotes are verified against the same slices).
+    """
+
+    def __init__(self, rows: np.ndarray, passages: list[Passage], documents: dict):
+        if rows.ndim != 2 or rows.shape[1] != len(SENTENCE_COLUMNS) or (len(rows) and (
+                rows[:, 0].min() < 0 or rows[:, 0].max() >= len(passages))):
+            raise ValueError(f"sentences.npy has the wrong shape or passage rows: {rows.shape}")
+        self._rows = rows
+        self._passages = passages
+        self._documents = documents
+        self.passage_rows = np.ascontiguousarray(rows[:, 0])
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return [self[i] for i in range(*j.indices(len(self)))]
+        passage_row, index, start, end = self._rows[j].tolist()
+        passage = self._passages[passage_row]
+        return _frozen(Sentence, {"passage_id": passage.passage_id, "index": index, "start": start, "end": end,
+                                  "text": self._documents[passage.doc_id].text[start:end]})
+
+
 @dataclass
 class StoredIndex:
     build_dir: Path
@@ -295,7 +339,7 @@ class StoredIndex:
     documents: dict[str, Document]
     passages: list[Passage]
     passage_concepts: list[frozenset[str]]
-    sentences: list[Sentence]
+    sentences: SentenceTable
     sentence_passage: np.ndarray  # row of sentences -> row of its passage
     passage_sentences: list[list[int]]  # row of passage -> rows of its sentences
     passage_vectors: np.ndarray
@@ -309,6 +353,19 @@ class StoredIndex:
 
 
 def load_build(index_dir: Path, verify: bool = True) -> StoredIndex:
+    """The current build, checked, in memory (vectors memory-mapped)."""
+    # Hundreds of thousands of new objects trigger the cyclic garbage collector again and again
+    # (a third of a 100k-passage load); none of them can form a cycle, so it waits until the end.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_build(index_dir, verify)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_build(index_dir: Path, verify: bool) -> StoredIndex:
     import bm25s
     import faiss
 
@@ -330,10 +387,7 @@ def load_build(index_dir: Path, verify: bool = True) -> StoredIndex:
         rows = _read_jsonl(build_dir / "passages.jsonl")
         passages = [passage_from_dict(r) for r in rows]
         concepts = [frozenset(r.get("concepts", ())) for r in rows]
-        sentence_fields = {f.name for f in fields(Sentence)}
-        sentences = [_frozen(Sentence, s) for s in _read_jsonl(build_dir / "sentences.jsonl")]
-        if sentences and set(vars(sentences[0])) != sentence_fields:
-            raise KeyError(f"sentence fields {sorted(vars(sentences[0]))}")
+        sentences = SentenceTable(np.load(build_dir / "sentences.npy", allow_pickle=False), passages, documents)
         corpus_norm = (build_dir / "corpus_norm.txt").read_text(encoding="utf-8")
         # Memory-mapped, read-only: pages come from the page cache on use (shared by every worker
         # process on the machine), not ~700 MB read at each start of a 100k-passage index.
@@ -347,11 +401,12 @@ def load_build(index_dir: Path, verify: bool = True) -> StoredIndex:
         raise IndexCorrupt(f"索引无法读取 ({type(err).__name__}: {err}) in {build_dir}. {REBUILD_HINT}") from None
     if len(pv) != len(passages) or len(sv) != len(sentences) or dense.ntotal != len(passages):
         raise IndexCorrupt(f"索引各文件的条目数不一致 in {build_dir}. {REBUILD_HINT}")
-    row_of = {p.passage_id: i for i, p in enumerate(passages)}
-    sentence_passage = np.array([row_of[s.passage_id] for s in sentences], dtype=np.int64)
-    passage_sentences: list[list[int]] = [[] for _ in passages]
-    for j, i in enumerate(sentence_passage):
-        passage_sentences[i].append(j)
+    sentence_passage = sentences.passage_rows
+    # Rows of each passage's sentences: one stable sort instead of a Python loop over every sentence.
+    order = np.argsort(sentence_passage, kind="stable")
+    bounds = np.searchsorted(sentence_passage[order], np.arange(len(passages) + 1))
+    flat = order.tolist()
+    passage_sentences: list[list[int]] = [flat[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
     slot_rows: dict[int, list[int]] = {}
     slot_records: dict[int, Passage] = {}
     for i, p in enumerate(passages):
