@@ -1163,6 +1163,21 @@ def render_markdown(r: dict) -> str:
                              f"{_f(lv['latency_ms']['p50'], 1)} | {_f(lv['latency_ms']['p95'], 1)} | "
                              f"{_f(lv['latency_ms']['p99'], 1)} | {_f(lv['answer_total_ms']['p50'], 1)} |")
         lines.append("")
+    sv = r.get("serving") or {}
+    lines += ["## Serving (`gistqa serve --workers N`, `POST /api/ask`)", ""]
+    if "runs" in sv:
+        lines += [sv["method"], "", "| workers | clients | requests | ok | throughput req/s | p50 ms | p95 ms | answer p50 ms |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for run in sv["runs"]:
+            for lv in run["levels"]:
+                lines.append(f"| {run['workers']} | {lv['clients']} | {lv['requests']} | {lv['ok']} | "
+                             f"{_f(lv['throughput_rps'], 2)} | {_f(lv['latency_ms']['p50'], 1)} | "
+                             f"{_f(lv['latency_ms']['p95'], 1)} | {_f(lv['answer_total_ms']['p50'], 1)} |")
+        lines += ["", "Resident memory (MB) of each process: " + "; ".join(
+            f"{run['workers']} worker(s): after warm-up {run['rss_after_warm_up_mb']}, after the load {run['rss_after_load_mb']}"
+            for run in sv["runs"]), ""]
+    elif "error" in sv:
+        lines += [f"**Not measured**: {sv['error']}", ""]
     mem = r["memory"]
     lines += ["## Memory (this process)", "",
               f"- after warm-up: peak RSS {_f((mem.get('after_warm_up') or {}).get('peak_rss_mb'), 0, ' MB')} "
@@ -1197,6 +1212,13 @@ def render_markdown(r: dict) -> str:
                   f"| gistqa / baseline | {_f(comp.get('latency_p50_ratio'), 2)} | {_f(comp.get('latency_p95_ratio'), 2)} | "
                   f"{_f(comp.get(f'hit@{HIT_K}_ratio'), 2)} | {_f(comp.get('answer_accuracy_ratio'), 2)} | "
                   f"{_f(comp.get('median_answer_chars_ratio'), 2)} |", "",
+                  f"Memory: gistqa serve {_f(comp.get('memory_mb', {}).get('gistqa_serve'), 0, ' MB')} vs the baseline "
+                  f"process {_f(comp.get('memory_mb', {}).get('baseline'), 0, ' MB')} (ratio {_f(comp.get('memory_ratio'), 2)}); "
+                  f"cold start: `gistqa ask` {_f(comp.get('cold_start_s', {}).get('gistqa_ask'), 2, ' s')} vs "
+                  f"{_f(comp.get('cold_start_s', {}).get('baseline'), 2, ' s')} (ratio {_f(comp.get('cold_start_ratio'), 2)}); "
+                  f"strict answer accuracy {_f(comp.get('strict_answer_accuracy', {}).get('gistqa'), 3)} vs "
+                  f"{_f(comp.get('strict_answer_accuracy', {}).get('baseline'), 3)} (ratio "
+                  f"{_f(comp.get('strict_answer_accuracy_ratio'), 2)}; none when the baseline scores 0).", "",
                   "Answer accuracy uses the evaluation's rule (every must_include_any group, no must_not_include; "
                   "a refuse item is right only when refused: the baseline never refuses). hit@5: a gold substring, "
                   "whitespace-insensitive, in one of the 5 passages or chunks returned.", ""]

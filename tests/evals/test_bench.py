@@ -11,8 +11,8 @@ import pytest
 
 from evals.bench import BENCH_JSON, BENCH_MD, BENCH_PNG, STAGES, run_bench
 
-TOP_KEYS = {"meta", "errors", "cold_start", "warm", "concurrency", "memory", "build", "baseline", "comparison",
-            "scaling", "real_build_estimate"}
+TOP_KEYS = {"meta", "errors", "cold_start", "warm", "concurrency", "serving", "memory", "build", "baseline",
+            "comparison", "scaling", "real_build_estimate"}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,24 @@ def test_baseline_runs_on_the_same_questions_and_is_compared(smoke_run):
     assert base["chunks"] > 0
     assert base["quality"]["questions"] == r["warm"]["quality"]["questions"] == 10
     assert set(base["latency_ms"]) >= {"p50", "p95"}
-    assert {"latency_p50_ratio", "latency_p95_ratio", "hit@5_ratio"} <= set(r["comparison"])
+    assert {"latency_p50_ratio", "latency_p95_ratio", "hit@5_ratio", "memory_ratio", "cold_start_ratio",
+            "strict_answer_accuracy_ratio"} <= set(r["comparison"])
+    assert base["cold_start_s"] > 0 and base["rss_mb"] > 0
+    assert r["comparison"]["memory_ratio"] > 0 and r["comparison"]["cold_start_ratio"] > 0
+    # The plain pipeline quotes nothing, so the strict rules give it nothing.
+    assert base["quality"]["strict_answer_accuracy"] == 0.0 < r["warm"]["quality"]["strict_answer_accuracy"]
+
+
+def test_serving_runs_one_and_two_workers_and_answers_every_request(smoke_run):
+    _, r = smoke_run
+    runs = r["serving"]["runs"]
+    assert [run["workers"] for run in runs] == [1, 2]
+    for run in runs:
+        assert [lv["clients"] for lv in run["levels"]] == [1, 4]
+        for lv in run["levels"]:
+            assert lv["ok"] == lv["requests"] > 0 and lv["errors"] == 0
+        assert run["rss_after_load_mb"]["front"] > 0
+    assert set(runs[1]["rss_after_load_mb"]) == {"front", "worker1", "worker2"}
 
 
 def test_scaling_smoke_is_1k_only_with_hnsw_recall_and_real_store_files(smoke_run):
@@ -90,5 +107,5 @@ def test_markdown_report_names_every_section(smoke_run):
     out, _ = smoke_run
     text = (out / BENCH_MD).read_text(encoding="utf-8")
     for heading in ("## Cold start", "## Warm answer latency", "## Concurrency", "## Memory", "## Index build",
-                    "## Baseline", "## Scaling", "recall@10", "load average"):
+                    "## Baseline", "## Scaling", "## Serving", "recall@10", "load average"):
         assert heading in text
