@@ -291,7 +291,14 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
                       for c in query.all_concepts) or bool(slots)
     # Words that only place a question (一线, 辅助, 复发) or single characters are no shared subject.
     placed = normalize_for_match(to_simplified(query.text))
-    for cue in (query.reading.setting.cues if query.reading else ()):
+    # The words that ask (多大剂量, 吃多久, 怎么办) are no subject either: they are what the facet and
+    # attribute readers matched, and their bigrams (用多, 多大) would count as words the corpus never uses.
+    simplified = to_simplified(query.text)
+    asking = [simplified[m.start:m.end] for m in lexicon.attribute_matches(simplified)]
+    if query.reading and query.reading.intent.cue:
+        asking.append(query.reading.intent.cue)
+    cues = (*(query.reading.setting.cues if query.reading else ()), *asking)
+    for cue in sorted(cues, key=len, reverse=True):  # 多大剂量 before the 剂量 inside it
         placed = placed.replace(normalize_for_match(cue), " ")
     placed = FOLLOWUP_FILLERS.sub(" ", placed)
     subject_terms = {t for t in content_terms(placed) if len(t) >= 2 and not SETTING_BIGRAM.fullmatch(t)
