@@ -198,3 +198,20 @@ def test_an_unmeasured_metric_fails_the_command(set_file, tmp_path, capsys, monk
     base = write_baseline(tmp_path, str(set_file), numeric_faithfulness=1.0)
     assert run_cli(set_file, tmp_path / "out", 10, base, None, None) == 1
     assert "numeric_faithfulness = — not measured" in capsys.readouterr().out
+
+
+def test_history_only_items_need_their_history(bot):
+    """The items tagged history_only are answered right with their history and wrong without it
+    (refused, or the standalone reading's text is forbidden): the set notices a bot that ignores history."""
+    from evals.metrics import Sources, score_answer
+    from evals.runner import DEFAULT_SET
+
+    items = [i for i in load_set(DEFAULT_SET) if "history_only" in i.tags]
+    assert len(items) >= 8
+    sources = Sources.from_index(bot._ensure_loaded())
+    for item in items:
+        assert item.history and item.must_not_include, item.id
+        with_history = score_answer(item, bot.answer(item.question, history=item.history), sources, 10)
+        alone = score_answer(item, bot.answer(item.question), sources, 10)
+        assert with_history.problems() == [], (item.id, with_history.problems())
+        assert not alone.correct, (item.id, "answered right without its history")
