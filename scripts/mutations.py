@@ -69,6 +69,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (Edit("bot/compose.py", "    if unknown:\n", "    if False and unknown:\n"),),
         ("tests/bot/test_answer.py::test_refusal_quotes_nothing_and_says_so",
          "tests/bot/test_llm_writer.py::test_uncovered_question_is_refused_without_calling_the_model"),
+        (EVAL_GATE,),  # 54 items that must be refused
     ),
     Mutation(
         "scope-ignored", "scope respected",
@@ -145,6 +146,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/bot/test_plan.py::test_first_line_dose_comes_from_first_line_only",
          "tests/bot/test_plan.py::test_recurrence_during_adjuvant_quotes_the_recommendation_whole",
          "tests/bot/test_plan.py::test_patient_details_never_cause_a_refusal"),
+        (EVAL_GATE,),  # must_not_include holds the other settings' text
     ),
     Mutation(
         "retrieved-vote-shown", "vote only when cited",

@@ -143,12 +143,16 @@ def test_a_vote_item_dropped_by_verification_is_not_shown(bot, monkeypatch):
             return "text differs from the source at these offsets"
         return real(index, doc_id, passage_id, start, end, text)
 
-    question = "KIT exon 9突变中高危GIST辅助治疗剂量的投票结果如何？"
-    assert bot.answer(question).vote is not None
+    # A management answer: the recommendation, then the setting's vote item (4), so that the answer
+    # stands without its vote line.
+    question = "辅助治疗吃着400的时候复发了怎么办"
+    honest = bot.answer(question)
+    assert honest.vote is not None and honest.vote.number == 4 and "专家推荐" in honest.answer
     monkeypatch.setattr(answer_module, "quote_problem", vote_quotes_fail)
     result = bot.answer(question)
+    assert not result.refused and "专家推荐" in result.answer
+    assert "投票结果" not in result.answer and any(d.what == "quote" for d in result.dropped)
     assert result.vote is None
-    assert "投票结果" not in result.answer
 
 
 def test_refusal_quotes_nothing_and_says_so(bot):
