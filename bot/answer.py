@@ -298,7 +298,7 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
 
     # Verify: every quote at its offsets; every number outside quotes and citations in its sources.
     t = time.perf_counter()
-    kept_lines = []
+    kept_lines, shown = [], []
     for line, line_quotes, sources in lines:
         ok = True
         for q in line_quotes:
@@ -313,7 +313,10 @@ def render(index: StoredIndex, query: Query, plan: Plan, hits: list[Hit], n_pass
             ok = False
         if ok:
             kept_lines.append(line)
+            shown += line_quotes
     verified_quotes = [q for q in quotes if q.verified]
+    if vote is not None and not any(q.passage_id == vote.passage_id and q.text == vote.question for q in shown):
+        vote = None  # the vote panel shows only an item the answer quotes (its line kept, verified)
     timing["verify"] = (time.perf_counter() - t) * 1000
     if not kept_lines:
         return Answer(question=query.text, answer="抱歉，没有能通过原文核对的内容可以引用，因此不作回答。", refused=True,

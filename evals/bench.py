@@ -83,6 +83,10 @@ PASSAGES_PER_SYNTHETIC_DOC = 10
 TOKENISE_SAMPLE = 200  # synthetic passages run through the real tokenizer to time it and check tokens
 EF_SEARCH_GRID = (16, 32, 64, 128, 256)
 RECALL_TARGET = 0.99
+# The floor, not the target: HNSW recall@10 against exact search at the efSearch the index stores (what
+# the bot searches with). Below it, HNSW loses more than one passage in ten that exact search finds,
+# and the run is a failure (an error in bench.json, exit 1), whatever its latency.
+MIN_RECALL_AT_STORED_EF = 0.9
 CHANGED_FILE_TEXT = "\n本段为基准测试追加的一句话，用于测量只改动一个文件时的增量构建耗时。\n"
 
 
@@ -990,9 +994,14 @@ def measure_scaling(settings: Settings, bot, items: list[Item], plan: Plan, work
         rows.append(row)
     hnsw_rows = [r for r in rows if r["query"]["hnsw"]["grid"]]
     recommended = hnsw_rows[-1]["query"]["hnsw"]["recommended_ef_search"] if hnsw_rows else None
+    low_recall = [f"HNSW recall@10 {r['query']['hnsw']['as_bot_searches']['recall@10']:.3f} < {MIN_RECALL_AT_STORED_EF} "
+                  f"at the stored efSearch {r['query']['hnsw']['stored_ef_search']} ({r['size']:,} passages)"
+                  for r in hnsw_rows if r["query"]["hnsw"]["as_bot_searches"]["recall@10"] < MIN_RECALL_AT_STORED_EF]
     return {
         "sizes": rows,
         "recommended_ef_search": recommended,
+        "min_recall_at_stored_ef": MIN_RECALL_AT_STORED_EF,
+        "recall_failures": low_recall,
         "method": (
             "Synthetic corpora = the real index (99 passages) + synthetic passages, each 2-3 real sentences "
             "(perturbed: another number, another bigram, clauses swapped, a character dropped) plus one filler "
@@ -1085,6 +1094,7 @@ def run_bench(settings: Settings, out_dir: Path, smoke: bool = False, set_file: 
                 phases["comparison"] = compare(phases["warm"], phases["baseline"], phases.get("cold_start"),
                                                phases.get("serving"))
             phase("scaling", lambda: measure_scaling(settings, bot, items, plan, work))
+            result["errors"] += [f"scaling: {f}" for f in phases["scaling"].get("recall_failures", [])]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if "error" not in phases.get("build", {"error": 1}) and "error" not in phases.get("scaling", {"error": 1}):

@@ -28,9 +28,18 @@ def test_ask_json_has_the_documented_fields(built_index):
 
 
 def test_ask_with_history(built_index):
-    proc = run("ask", "那复发以后呢？", "--history", "KIT exon 9突变患者辅助治疗用多大剂量？", "--json")
-    data = json.loads(proc.stdout)
-    assert not data["refused"] and any("复发" in q["section"] for q in data["quotes"])
+    """The same words answer differently with the earlier question: "专家投票结果如何？" alone is read
+    as the first item of the vote table; after a question on recurrence during adjuvant therapy, it is
+    that setting's item (4)."""
+    question, earlier = "专家投票结果如何？", "辅助治疗期间复发应该怎么办？"
+    alone = json.loads(run("ask", question, "--json").stdout)
+    follow = json.loads(run("ask", question, "--history", earlier, "--json").stdout)
+    assert not follow["refused"] and follow["vote"]["number"] == 4
+    assert "辅助治疗过程中" in follow["answer"]
+    assert alone["refused"] or (alone["vote"] or {}).get("number") != 4
+    assert follow["answer"] != alone["answer"]
+    bare = json.loads(run("ask", "那复发以后呢？", "--history", "KIT exon 9突变患者辅助治疗用多大剂量？", "--json").stdout)
+    assert not bare["refused"] and any("复发" in q["section"] for q in bare["quotes"])
 
 
 def test_empty_question_message_without_traceback(built_index):

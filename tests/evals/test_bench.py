@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from evals.bench import BENCH_JSON, BENCH_MD, BENCH_PNG, STAGES, run_bench
+from evals.bench import BENCH_JSON, BENCH_MD, BENCH_PNG, MIN_RECALL_AT_STORED_EF, STAGES, run_bench
 
 TOP_KEYS = {"meta", "errors", "cold_start", "warm", "concurrency", "serving", "memory", "build", "baseline",
             "comparison", "scaling", "real_build_estimate"}
@@ -98,6 +98,11 @@ def test_scaling_smoke_is_1k_only_with_hnsw_recall_and_real_store_files(smoke_ru
     grid = row["query"]["hnsw"]["grid"]
     assert [g["ef_search"] for g in grid] == [16, 32, 64, 128, 256]
     assert all(0.0 <= g["recall@10"] <= 1.0 for g in grid)
+    # HNSW must find what exact search finds at the efSearch the index stores (what the bot uses).
+    hnsw = row["query"]["hnsw"]
+    assert hnsw["as_bot_searches"]["ef_search"] == hnsw["stored_ef_search"]
+    assert hnsw["as_bot_searches"]["recall@10"] >= MIN_RECALL_AT_STORED_EF, hnsw["as_bot_searches"]
+    assert r["scaling"]["recall_failures"] == [] and r["errors"] == []
     assert row["query"]["index_rss_mb"] is not None
     assert row["answer"]["questions"] == 5
     assert "NOT embedded" in r["scaling"]["method"]

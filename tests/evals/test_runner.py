@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from bot.answer import Bot
-from evals.runner import CHART_PNG, REPORT_MD, RESULTS_JSON, ratchet_failures, run_cli, run_eval, write_reports
+from evals.runner import (CHART_PNG, DEFAULT_BASELINE, GATED_METRICS, MACHINE_METRICS, RATCHET_PLACES, REPORT_MD,
+                          RESULTS_JSON, ratchet_failures, read_baseline, run_cli, run_eval, write_reports)
 from evals.schema import load_set
 from indexer.settings import get_settings
 
@@ -142,5 +143,75 @@ def test_ratchet_rules():
     assert ratchet_failures(metrics, None) == ["numeric_faithfulness = 0.9900 < 1.0 (must be perfect whatever the baseline)"]
     failures = ratchet_failures(metrics | {"numeric_faithfulness": 1.0},
                                 {"answer_accuracy": 0.8, "false_refusal_rate": 0.04, "refusal_recall": 0.9})
-    # equal is not worse; a lower-is-better rate fails above its baseline; an unmeasured metric is skipped
-    assert failures == ["false_refusal_rate = 0.0500 above baseline 0.0400"]
+    # equal is not worse; a lower-is-better rate fails above its baseline; a baselined metric that
+    # comes out unmeasured fails (it was measured when the baseline was taken)
+    assert failures == ["false_refusal_rate = 0.0500 above baseline 0.0400",
+                        "refusal_recall = — not measured (baseline 0.9000): the check measured nothing"]
+
+
+def test_a_baselined_metric_that_comes_out_unmeasured_fails():
+    """Number extraction broken: numeric faithfulness is None ("—"), which must not pass as
+    "nothing to compare" when the baseline measured it."""
+    baseline = {"numeric_faithfulness": 1.0, "hit@1": 0.9}
+    failures = ratchet_failures({"numeric_faithfulness": None, "hit@1": 0.9}, baseline)
+    assert failures == ["numeric_faithfulness = — not measured (baseline 1.0000): the check measured nothing"]
+    # Absent from the run's figures counts as not measured too.
+    assert ratchet_failures({}, {"hit@1": 0.9}) == ["hit@1 = — not measured (baseline 0.9000): the check measured nothing"]
+    # Not baselined and not measured (a set without refusal items): nothing to compare.
+    assert ratchet_failures({"refusal_recall": None, "hit@1": 0.9}, {"hit@1": 0.9}) == []
+
+
+@pytest.mark.parametrize("name", ["hit@1", "hit@3", "mrr@10"])
+def test_retrieval_ranks_are_gated(name):
+    baseline = {name: 0.9}
+    assert ratchet_failures({name: 0.8999}, baseline) == [f"{name} = 0.8999 below baseline 0.9000"]
+    assert ratchet_failures({name: 0.9}, baseline) == []
+
+
+def test_float_noise_below_the_compared_places_is_not_a_change():
+    """Compared at RATCHET_PLACES decimals: a float sum that differs in the 6th place is equal; one
+    unit in the 4th place (far less than one question of the set) is a change."""
+    assert RATCHET_PLACES == 4
+    assert ratchet_failures({"answer_accuracy": 0.96739999, "false_refusal_rate": 0.00470001},
+                            {"answer_accuracy": 0.9674, "false_refusal_rate": 0.0047}) == []
+    assert ratchet_failures({"answer_accuracy": 0.9673}, {"answer_accuracy": 0.9674}) == [
+        "answer_accuracy = 0.9673 below baseline 0.9674"]
+    assert ratchet_failures({"false_refusal_rate": 0.0048}, {"false_refusal_rate": 0.0047}) == [
+        "false_refusal_rate = 0.0048 above baseline 0.0047"]
+
+
+def test_the_shipped_baseline_gates_every_metric_but_latency():
+    """A metric left out of the baseline is not gated at all; latency depends on the machine."""
+    base = read_baseline(DEFAULT_BASELINE)
+    assert base["set"] == "evals/questions.jsonl"
+    assert set(GATED_METRICS) <= set(base["metrics"]), set(GATED_METRICS) - set(base["metrics"])
+    assert {"hit@1", "hit@3", "mrr@10", "numeric_faithfulness"} <= set(GATED_METRICS)
+    assert not set(MACHINE_METRICS) & set(base["metrics"])
+
+
+def test_an_unmeasured_metric_fails_the_command(set_file, tmp_path, capsys, monkeypatch):
+    """End to end: with the number extractor broken, `gistqa eval` exits 1 against a baseline that
+    holds numeric faithfulness, instead of printing "—" and passing."""
+    import evals.metrics
+
+    monkeypatch.setattr(evals.metrics, "answer_number_faithfulness", lambda *a: (0, 0))
+    base = write_baseline(tmp_path, str(set_file), numeric_faithfulness=1.0)
+    assert run_cli(set_file, tmp_path / "out", 10, base, None, None) == 1
+    assert "numeric_faithfulness = — not measured" in capsys.readouterr().out
+
+
+def test_history_only_items_need_their_history(bot):
+    """The items tagged history_only are answered right with their history and wrong without it
+    (refused, or the standalone reading's text is forbidden): the set notices a bot that ignores history."""
+    from evals.metrics import Sources, score_answer
+    from evals.runner import DEFAULT_SET
+
+    items = [i for i in load_set(DEFAULT_SET) if "history_only" in i.tags]
+    assert len(items) >= 8
+    sources = Sources.from_index(bot._ensure_loaded())
+    for item in items:
+        assert item.history and item.must_not_include, item.id
+        with_history = score_answer(item, bot.answer(item.question, history=item.history), sources, 10)
+        alone = score_answer(item, bot.answer(item.question), sources, 10)
+        assert with_history.problems() == [], (item.id, with_history.problems())
+        assert not alone.correct, (item.id, "answered right without its history")

@@ -81,6 +81,19 @@ def test_altered_byte_is_detected(copy_of_index):
     assert verify_files(build, read_manifest(build)) == ["documents.jsonl (checksum differs)"]
 
 
+def test_a_tampered_file_that_still_reads_is_refused_on_load(copy_of_index):
+    """A dose changed in the stored passages (400 -> 800: same size, valid JSON, a quote of it would
+    pass every later check) is caught by its checksum when the index is loaded, not only by `--verify`."""
+    build = current_build_dir(copy_of_index.index_dir)
+    path = build / "passages.jsonl"
+    data = path.read_bytes()
+    assert b"400 mg" in data
+    path.write_bytes(data.replace(b"400 mg", b"800 mg", 1))
+    with pytest.raises(IndexCorrupt) as info:
+        load_build(copy_of_index.index_dir)
+    assert "passages.jsonl (checksum differs)" in str(info.value) and "gistqa index --rebuild" in str(info.value)
+
+
 def test_corrupt_manifest_is_detected(copy_of_index):
     build = current_build_dir(copy_of_index.index_dir)
     (build / "manifest.json").write_text("{not json", encoding="utf-8")

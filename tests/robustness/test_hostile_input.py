@@ -6,7 +6,6 @@ answer is made of the bot's own words and verbatim quotes of the corpus only.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -203,15 +202,22 @@ def test_http_api(name, client, app_url, bot):
 
 
 # --- the CLI results ----------------------------------------------------------------------------
-def test_cli_argv_limits_are_the_operating_systems():
-    """What cannot reach `gistqa ask` at all: a NUL byte, and 100,000 Chinese characters (300 KB of
-    UTF-8, over Linux's 128 KiB limit for one argument). Both are refused before gistqa runs;
-    the CLI tests pass the NUL-free text and 100,000 ASCII characters instead."""
-    with pytest.raises(ValueError, match="null"):
-        subprocess.run([GISTQA, "ask", HOSTILE["nul_and_controls"]], timeout=10)
-    with pytest.raises(OSError) as caught:
-        subprocess.run([GISTQA, "ask", HOSTILE["100k_chars"]], timeout=10)
-    assert caught.value.errno == errno.E2BIG
+def test_cli_too_long_question_or_history_gets_our_message(bot, settings):
+    """Our limit, not the operating system's: a question (or a history item) one character over
+    `max_question_chars` reaches `gistqa ask` (a few KB of argv) and is refused with our message
+    naming the limit, exit code 2, no traceback; one at the limit is a question like any other."""
+    limit = settings.max_question_chars
+    over = ("伊马替尼的剂量是多少？" * (limit // 10 + 1))[: limit + 1]
+    for argv, expected in ((["ask", over], "太长"), (["ask", "那复发呢？", "--history", over], "对话历史")):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        proc = subprocess.run([GISTQA, *argv], cwd=REPO, env=env, capture_output=True, timeout=CLI_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+        err = proc.stderr.decode("utf-8", "replace")
+        assert proc.returncode == 2, (proc.returncode, err[-1500:])
+        assert expected in err and f"{limit + 1}" in err and f"{limit}" in err, err[-1500:]
+        assert "Traceback" not in err
+    at_limit = bot.answer(over[:limit])
+    assert at_limit.answer.strip()
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
