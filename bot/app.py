@@ -637,14 +637,15 @@ PAGE_CSS = f"""
   background: #1f2937; color: #fff; padding: 8px 14px; border-radius: 8px; font-size: 0.9em; max-width: 92vw; }}
 @media (max-width: {PHONE_MAX_WIDTH_PX}px) {{
   .gradio-container {{ padding: 6px !important; }}
-  #gq-input-row {{ flex-wrap: nowrap !important; gap: 6px !important; }}
-  #gq-input {{ min-width: 0 !important; flex: 1 1 auto !important; }}
-  #gq-send {{ min-width: 56px !important; flex: 0 0 auto !important; }}
+  #gq-input-row {{ flex-wrap: wrap !important; gap: 6px !important; }}
+  #gq-input {{ min-width: 0 !important; flex: 1 1 100% !important; }}  /* the whole width for the question */
+  #gq-send {{ flex: 1 1 100% !important; }}
   #gq-side {{ display: none; }}
   #gq-chat .gq-who {{ display: none; }}
   #gq-scope .wrap {{ flex-direction: row !important; }}
-  body.gq-reader-open #gq-side {{ display: block; position: fixed; inset: 0; z-index: 900; overflow: auto;
-    background: #fff; padding: 8px; margin: 0; }}
+  body.gq-reader-open #gq-side {{ display: block !important; position: fixed !important; top: 0 !important;
+    left: 0 !important; width: 100vw !important; height: 100vh !important; max-height: 100vh !important;
+    z-index: 900; overflow-y: auto !important; background: #fff; padding: 8px; margin: 0; box-sizing: border-box; }}
 }}
 """
 CHAT_CSS = f"""
@@ -718,6 +719,10 @@ READER_CSS = f"""
 .gq-reader-title {{ font-size: 1.1em; margin: 0; }}
 .gq-reader-close {{ border: 1px solid #9ca3af; border-radius: 6px; background: #fff; color: {TEXT}; padding: 2px 8px; }}
 @media (min-width: {PHONE_MAX_WIDTH_PX + 1}px) {{ .gq-reader-close {{ display: none; }} }}
+@media (max-width: {PHONE_MAX_WIDTH_PX}px) {{  /* the phone's overlay: the way back stays on screen */
+  .gq-reader-bar {{ position: sticky; top: -8px; background: #fff; z-index: 2; padding: 6px 0; }}
+  .gq-reader-close {{ padding: 6px 14px; font-size: 1em; }}
+}}
 .gq-reader-note:empty {{ display: none; }}
 .gq-reader-note {{ color: #8a1c1c; background: #fdecea; border-radius: 6px; padding: 4px 8px; margin: 4px 0; }}
 .gq-reader-src:empty {{ display: none; }}
@@ -848,6 +853,9 @@ function showDoc(root, docId) {
   return found;
 }
 function scrollIntoBox(box, target) {
+  // On a phone the reader is an overlay that scrolls as a whole: let the browser find the scroller.
+  if (PHONE.matches) { target.scrollIntoView({block: 'center', behavior: 'instant'}); return; }
+  // On a laptop only the reader's own box scrolls, so the chat beside it stays where it was.
   const b = box.getBoundingClientRect(), t = target.getBoundingClientRect();
   if (box.scrollHeight > box.clientHeight + 1) {
     box.scrollTop += (t.top - b.top) - (box.clientHeight - t.height) / 2;
@@ -1003,19 +1011,22 @@ element.addEventListener('click', (event) => {
     trigger('click', {turn: Number(actions.dataset.turn), rating: thumb.dataset.rating});
   }
 });
-// Scroll to the start of a new answer once (its question at the top), never follow the stream.
-let scrolledTurn = -1;
+// Scroll to the start of a new answer (its question at the top) and hold it there while it
+// streams; never follow the stream down to the reference list.
+let doneTurn = -1;
 function onRender() {
   const turns = element.querySelectorAll('.gq-turn');
-  if (!turns.length) { scrolledTurn = -1; return; }
+  if (!turns.length) { doneTurn = -1; return; }
   const last = turns[turns.length - 1];
   const n = Number(last.dataset.turn);
-  if (n === scrolledTurn) return;
-  scrolledTurn = n;
+  if (n === doneTurn) return;
+  if (!last.querySelector('[data-streaming]')) doneTurn = n;
   const log = element.querySelector('.gq-log');
-  if (log.scrollHeight > log.clientHeight + 1) log.scrollTop = last.offsetTop - log.offsetTop;
+  if (log.scrollHeight > log.clientHeight + 1) {
+    log.scrollTop += last.getBoundingClientRect().top - log.getBoundingClientRect().top;
+  }
   const r = last.getBoundingClientRect();
-  if (r.top < 0 || r.top > window.innerHeight * 0.6) window.scrollBy({top: r.top - 8, behavior: 'instant'});
+  if (r.top < 0 || r.top > window.innerHeight * 0.5) window.scrollBy({top: r.top - 8, behavior: 'instant'});
 }
 watch('value', onRender);
 """
@@ -1048,14 +1059,20 @@ def page_theme() -> gr.themes.Base:
           button_primary_text_color="#ffffff", checkbox_label_text_color=TEXT)
 
 
-PAGE_HEAD = '<script>document.documentElement.lang = "zh-CN";</script><meta name="description" content="KIT exon 9 突变GIST专家共识问答">'
+PAGE_HEAD = ('<script>document.documentElement.lang = "zh-CN";</script>'
+             '<meta name="description" content="KIT exon 9 突变GIST专家共识问答">'
+             f'<style id="gq-global-css">{PAGE_CSS}</style>')
 
 
 def page_mount_options() -> dict:
     """Options for serving the page, valid for both `gr.mount_gradio_app(app, build_app(bot), path=...,
     **page_mount_options())` and `build_app(bot).launch(**page_mount_options(), ...)`: the theme,
-    the page's CSS and <head>, no footer links (no "通过 API 使用"), the upload limit, no tracebacks."""
-    return {"theme": page_theme(), "css": PAGE_CSS, "head": PAGE_HEAD, "footer_links": [],
+    the <head> (lang="zh-CN", the page-level CSS), no footer links (no "通过 API 使用"), the upload
+    limit, no tracebacks. The page CSS goes in <head>, not `css=`: Gradio prefixes `css=` rules
+    with `.gradio-container … .contain`, which can never match `body.gq-reader-open` (the phone's
+    reader overlay). Without these options the page still works: the chat panel injects the same
+    CSS and sets lang itself."""
+    return {"theme": page_theme(), "head": PAGE_HEAD, "footer_links": [],
             "max_file_size": MAX_FILE_SIZE, "show_error": False}
 
 
@@ -1151,7 +1168,8 @@ def build_app(bot: Bot, feedback_path: str | Path | None = None) -> gr.Blocks:
                                js_on_load=_chat_js())
                 with gr.Row(elem_id="gq-input-row", equal_height=True):
                     message = gr.Textbox(placeholder=INPUT_PLACEHOLDER, show_label=False, label="问题", scale=5,
-                                         max_lines=4, elem_id="gq-input", autofocus=False, min_width=120)
+                                         max_lines=4, elem_id="gq-input", autofocus=False, min_width=120,
+                                         container=False)
                     send = gr.Button("发送", variant="primary", scale=1, min_width=56, elem_id="gq-send")
                 status = gr.HTML("", elem_id="gq-status", css_template=STATUS_CSS, js_on_load=None)
                 examples = gr.HTML(examples_html(), elem_id="gq-examples", css_template=EXAMPLES_CSS,

@@ -416,6 +416,14 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
         own = [c for c in cands if c.passage.doc_kind != "consensus" and c.row not in used]
         if own:
             blocks.insert(1, Block(own[0].hit.row, [own[0].row], "context", why="the reference's own text"))
+    if coverage.slots and allow_cards:
+        # Which paper the reference is: the card's candidate record names it (its title), after
+        # what it found; the answer's 所引文献 line says it is a candidate, not confirmed.
+        quoted = {b.row for b in blocks}
+        records = [row for row in _record_rows(index, coverage.slots) if row not in quoted]
+        if records:
+            blocks.append(Block(records[0], list(index.passage_sentences[records[0]][:1]), "record",
+                                why="the candidate record of the reference asked (names the paper)"))
     return blocks
 
 
