@@ -422,11 +422,12 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
         quoted = {b.row for b in blocks}
         records = [row for row in _record_rows(index, coverage.slots) if row not in quoted]
         if records:
-            blocks.append(Block(records[0], list(index.passage_sentences[records[0]][:1]), "record",
-                                why="the candidate record of the reference asked (names the paper)"))
+            blocks.insert(RECORD_POSITION, Block(records[0], list(index.passage_sentences[records[0]][:1]), "record",
+                                                 why="the candidate record of the reference asked (names the paper)"))
     return blocks
 
 
+RECORD_POSITION = 2  # the candidate record follows the citing sentence and the first finding (within MAX_BLOCKS)
 RECORD_ASKED = re.compile(r"哪篇|哪一篇|是什么文献|(?:文献|[］\]])\s*是什么\W*$|候选文献|哪些研究|哪个版本|出处|which (?:paper|article|study|reference)|what is (?:reference|ref)", re.I)
 
 
