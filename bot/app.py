@@ -831,7 +831,6 @@ function findSpan(article, s, e, text) {
   for (const cell of article.querySelectorAll('.gq-cell')) {
     const cs = Number(cell.dataset.s), ce = Number(cell.dataset.e);
     if (ce <= s || cs >= e) continue;
-    if (s <= cs && ce <= e) { cell.classList.add('gq-hl'); marks.push(cell); continue; }
     const a = Math.max(s, cs), b = Math.min(e, ce);
     if (cell.textContent.slice(a - cs, b - cs) !== text.slice(a - s, a - s + (b - a)) && (a === s && b === e)) return null;
     const m = markRange(cell, a, b);
