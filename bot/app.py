@@ -442,8 +442,8 @@ def _actions_html(record: dict) -> str:
     return (f'<div class="gq-actions" data-turn="{turn}">'
             f'<button type="button" class="gq-copy" title="复制问题、回答和出处（纯文本）" '
             f'data-copy="{escape_html(answer_plain_text(record))}">复制</button>'
-            f'<button type="button" class="gq-thumb" data-rating="up" aria-label="赞" title="赞：有帮助" aria-pressed="false">👍</button>'
-            f'<button type="button" class="gq-thumb" data-rating="down" aria-label="踩" title="踩：没帮助" aria-pressed="false">👎</button>'
+            f'<button type="button" class="gq-thumb" data-rating="up" aria-label="赞" title="赞：有帮助" aria-pressed="false">赞</button>'
+            f'<button type="button" class="gq-thumb" data-rating="down" aria-label="踩" title="踩：没帮助" aria-pressed="false">踩</button>'
             "</div>")
 
 
@@ -603,9 +603,9 @@ def reader_html(bot: Bot) -> str:
     articles = "".join(document_html(bot, d.doc_id) for d in docs)
     return (f'<div class="gq-reader" data-build="{escape_html(index.build_dir.name)}">'
             '<div class="gq-reader-bar"><h2 class="gq-reader-title">原文</h2>'
-            '<button type="button" class="gq-reader-close">返回对话</button></div>'
+            '<button type="button" class="gq-reader-close">返回对话</button>'
+            '<div class="gq-reader-src"></div></div>'
             '<div class="gq-reader-note" role="status" aria-live="polite"></div>'
-            '<div class="gq-reader-src"></div>'
             f'<nav class="gq-docnav" aria-label="选择文档">{nav}</nav>'
             f'<div class="gq-docs" tabindex="0" aria-label="原文内容">{articles}</div></div>')
 
@@ -715,7 +715,8 @@ CHAT_CSS = f"""
 """
 READER_CSS = f"""
 .gq-reader {{ border: 1px solid #d1d5db; border-radius: 8px; padding: 8px; background: #fff; color: {TEXT}; }}
-.gq-reader-bar {{ display: flex; justify-content: space-between; align-items: center; }}
+.gq-reader-bar {{ display: flex; flex-wrap: wrap; justify-content: space-between; align-items: center; }}
+.gq-reader-bar .gq-reader-src {{ flex: 1 1 100%; }}
 .gq-reader-title {{ font-size: 1.1em; margin: 0; }}
 .gq-reader-close {{ border: 1px solid #9ca3af; border-radius: 6px; background: #fff; color: {TEXT}; padding: 2px 8px; }}
 @media (min-width: {PHONE_MAX_WIDTH_PX + 1}px) {{ .gq-reader-close {{ display: none; }} }}
@@ -1021,8 +1022,11 @@ function onRender() {
   if (n === doneTurn) return;
   if (!last.querySelector('[data-streaming]')) doneTurn = n;
   const log = element.querySelector('.gq-log');
-  if (log.scrollHeight > log.clientHeight + 1) {
-    log.scrollTop += last.getBoundingClientRect().top - log.getBoundingClientRect().top;
+  if (!PHONE.matches) {  // a laptop: the conversation box scrolls, the page (and the reader) stay put
+    if (log.scrollHeight > log.clientHeight + 1) {
+      log.scrollTop += last.getBoundingClientRect().top - log.getBoundingClientRect().top;
+    }
+    return;
   }
   const r = last.getBoundingClientRect();
   if (r.top < 0 || r.top > window.innerHeight * 0.5) window.scrollBy({top: r.top - 8, behavior: 'instant'});
