@@ -28,6 +28,7 @@ BODY_MARKUP = ("欧洲多中心回顾性研究<script>window.__xss='body'</scrip
 VOTE_MARKUP = "不确定<img src=x onerror=\"window.__xss='vote'\">"
 ERROR_MARKUP = "<img src=x onerror=\"window.__xss='error'\">索引损坏"
 FOLLOWUP_MARKUP = "\"><svg onload=\"window.__xss='followup'\">接着问"
+NOTE_TITLE = "笔记\" onmouseover=\"window.__xss='nav'\"><img src=x onerror=\"window.__xss='nav-img'\">"
 ERROR_TRIGGER = "触发一个错误"
 Q_FULLTEXT = "文献16讲了什么？"
 Q_VOTE = "术后辅助治疗，专家投票结果如何？"
@@ -49,6 +50,9 @@ def hostile_bot(settings, built_index, tmp_path_factory):
     (root / "corpus" / "references" / "fulltext16.md").write_text(
         f"---\nslot: 16\ntitle: {TITLE_MARKUP}\n---\n# {HEADING_MARKUP}\n\n## {SECTION_MARKUP}\n\n{BODY_MARKUP}\n",
         encoding="utf-8")
+    # A user's own note (no slot: a plain document), titled with markup that breaks out of attributes.
+    (root / "corpus" / "note.md").write_text(
+        "---\ntitle: '" + NOTE_TITLE.replace("'", "''") + "'\n---\n伊马替尼辅助治疗的学习笔记。\n", encoding="utf-8")
     # Start from the built index, so that only the changed files are embedded.
     shutil.copytree(built_index, root / "index", ignore=shutil.ignore_patterns(".build.lock"))
     hostile = settings.model_copy(update={"corpus_dir": root / "corpus", "index_dir": root / "index"})
@@ -140,6 +144,11 @@ def test_markup_from_a_reference_file_is_text_in_the_answer_sources_popup_and_re
     reader = panel_text(pg, "#gq-reader .gq-doc:not([hidden])")
     assert BODY_MARKUP in reader and TITLE_MARKUP in reader and SECTION_MARKUP in reader
     assert "".join(m.text_content() for m in pg.locator("#gq-reader mark.gq-hl").all()) == BODY_MARKUP
+    # the reader's document bar names the user's note by its title, as text
+    note = pg.locator("#gq-reader .gq-docbtn[data-doc='note']")
+    assert note.get_attribute("title") == NOTE_TITLE and note.get_attribute("aria-label") == NOTE_TITLE
+    note.click()
+    assert NOTE_TITLE in panel_text(pg, "#gq-reader .gq-doc[data-doc='note']")
     assert_inert(pg)
     pg.screenshot(path=str(SHOTS / "desktop-hostile-reference.png"))
 
