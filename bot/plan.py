@@ -416,9 +416,18 @@ def _general(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentM
         own = [c for c in cands if c.passage.doc_kind != "consensus" and c.row not in used]
         if own:
             blocks.insert(1, Block(own[0].hit.row, [own[0].row], "context", why="the reference's own text"))
+    if coverage.slots and allow_cards:
+        # Which paper the reference is: the card's candidate record names it (its title), after
+        # what it found; the answer's 所引文献 line says it is a candidate, not confirmed.
+        quoted = {b.row for b in blocks}
+        records = [row for row in _record_rows(index, coverage.slots) if row not in quoted]
+        if records:
+            blocks.insert(RECORD_POSITION, Block(records[0], list(index.passage_sentences[records[0]][:1]), "record",
+                                                 why="the candidate record of the reference asked (names the paper)"))
     return blocks
 
 
+RECORD_POSITION = 2  # the candidate record follows the citing sentence and the first finding (within MAX_BLOCKS)
 RECORD_ASKED = re.compile(r"哪篇|哪一篇|是什么文献|(?:文献|[］\]])\s*是什么\W*$|候选文献|哪些研究|哪个版本|出处|which (?:paper|article|study|reference)|what is (?:reference|ref)", re.I)
 
 

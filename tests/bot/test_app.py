@@ -4,6 +4,7 @@ Through the HTTP API (gradio_client) the page must answer exactly as `gistqa ask
 `Bot.answer()` do, also for eight users at once. In headless Chromium (Debian's /usr/bin/chromium,
 driven by Playwright) a person's path must work: ask, see quotes stream in, click a citation chip,
 read the highlighted passage, vote with a thumb, and see HTML typed into the box shown as text.
+(The page's own features, at a laptop's and a phone's size, are in test_page.py.)
 """
 from __future__ import annotations
 
@@ -63,10 +64,11 @@ def feedback_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app_url(cli_runs, bot, feedback_file):
-    from bot.app import build_app
+    from bot.app import build_app, page_mount_options
 
     demo = build_app(bot, feedback_path=feedback_file)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
+                            **page_mount_options())
     yield url
     demo.close()
 
@@ -167,8 +169,8 @@ def _ask(page, question):
     page.locator("#gq-input textarea").press("Enter")
     page.wait_for_function(
         """(before) => {
-            const bots = document.querySelectorAll('#gq-chat .message.bot');
-            return bots.length === before + 1 && !bots[bots.length - 1].innerText.includes('正在检索')
+            const log = document.querySelector('#gq-chat .gq-log');
+            return log.dataset.busy === '0' && log.querySelectorAll('.message.bot').length === before + 1
                 && document.querySelector('#gq-status .gq-status') !== null;
         }""",
         arg=before, timeout=ANSWER_TIMEOUT_MS)
@@ -179,7 +181,7 @@ def _bot_messages(page):
 
 
 @pytest.mark.browser
-def test_browser_answer_quotes_chips_and_sources(page, bot):
+def test_browser_answer_quotes_markers_and_sources(page, bot):
     expected = bot.answer(Q_DOSE, history=[], scope="all")
     # Watch the answer grow: every text length the last bot message has shown.
     page.evaluate("""() => {
@@ -191,32 +193,35 @@ def test_browser_answer_quotes_chips_and_sources(page, bot):
         }).observe(chat, {subtree: true, childList: true, characterData: true});
     }""")
     _ask(page, Q_DOSE)
-    answer_text = _bot_messages(page).last.inner_text()
+    answer = _bot_messages(page).last
+    answer_text = answer.locator(".gq-answer").inner_text()
     assert "「" in answer_text and "」" in answer_text
     assert expected.quotes[0].text in answer_text
     assert len(set(page.evaluate("window.__lengths"))) >= 3, "the answer should appear in several steps"
     assert "已核对" in page.locator("#gq-status").inner_text()
     assert page.locator("#gq-disclaimer").is_visible()
 
-    chips = page.locator("#gq-chips button.gq-chip")
-    assert chips.count() == len(expected.quotes)
-    chips.first.click()
-    mark = page.locator("#gq-source mark")
-    mark.wait_for(timeout=10_000)
+    markers = answer.locator(".gq-answer .gq-mk")
+    assert markers.count() == answer.locator(".gq-src").count() >= 2
+    markers.first.click()
+    mark = page.locator("#gq-reader mark.gq-hl")
+    mark.first.wait_for(timeout=10_000)
     quote = expected.quotes[0]
-    assert mark.inner_text() == quote.text
+    assert "".join(m.inner_text() for m in mark.all()) == quote.text
+    # The source entry under the answer: the whole passage, the quote highlighted, kind and place once.
+    entry = answer.locator(".gq-src").first
     passage = next(p for p in bot._ensure_loaded().passages if p.passage_id == quote.passage_id)
-    assert " ".join(page.locator("#gq-source .gq-src-para").inner_text().split()) == " ".join(passage.text.split())
-    assert page.locator("#gq-source .gq-src-path").inner_text() == quote.section
-    assert page.locator("#gq-source .gq-src-kind").inner_text() == quote.kind
+    assert " ".join(entry.locator(".gq-src-para").text_content().split()) == " ".join(passage.text.split())
+    assert entry.locator(".gq-src-para mark").text_content() == quote.text
+    assert entry.locator(".gq-src-kind").text_content() == quote.kind
 
-    # The vote of 表1 as a bar chart with every option.
-    vote = page.locator("#gq-vote")
+    # The vote of 表1 as a bar chart with every option (in the table's order).
+    vote = answer.locator(".gq-vote")
     assert vote.is_visible()
     bars = vote.locator(".gq-bar-row")
     assert bars.count() == len(expected.vote.options)
     for row, option in zip(bars.all(), expected.vote.options):
-        assert row.locator(".gq-bar-label").inner_text() == option["text"]
+        assert row.locator(".gq-bar-label").inner_text().replace("多数", "").strip() == option["text"]
         assert row.locator(".gq-bar-pct").inner_text() == f"{option['percent']}%"
 
     SCREENSHOTS.mkdir(exist_ok=True)
@@ -229,8 +234,7 @@ def test_browser_thumbs_down_with_comment_is_saved(page, feedback_file):
         _ask(page, Q_DOSE)
     before = feedback_file.read_text(encoding="utf-8").splitlines() if feedback_file.exists() else []
     page.locator("#gq-comment textarea").fill("希望给出更多剂量细节")
-    _bot_messages(page).last.hover()
-    page.locator("#gq-chat button[aria-label='踩']").last.click()  # the thumbs down (zh-CN labels)
+    page.locator("#gq-chat button[aria-label='踩']").last.click()  # the thumbs down (Chinese labels)
     page.wait_for_function("() => document.querySelector('#gq-status').innerText.includes('已记录反馈')",
                            timeout=10_000)
     lines = feedback_file.read_text(encoding="utf-8").splitlines()
@@ -240,19 +244,20 @@ def test_browser_thumbs_down_with_comment_is_saved(page, feedback_file):
     assert record["comment"] == "希望给出更多剂量细节"
     assert record["question"] == Q_DOSE and "「" in record["answer"]
     assert page.locator("#gq-comment textarea").input_value() == ""  # the comment went with the vote
+    assert page.locator("#gq-chat button[aria-label='踩']").last.get_attribute("aria-pressed") == "true"
 
 
 @pytest.mark.browser
 def test_browser_follow_up_question_uses_the_earlier_questions(page, bot):
     _ask(page, "停药后复发，专家投票结果如何？")
-    asked = [m.inner_text() for m in page.locator("#gq-chat .message.user").all()]
+    asked = [m.inner_text() for m in page.locator("#gq-chat .message.user .gq-user-text").all()]
     follow_up = "那辅助期间复发呢？"  # the vote of the other setting: only the history says "vote"
     with_history = bot.answer(follow_up, history=asked, scope="all")
     alone = bot.answer(follow_up, history=[], scope="all")
     telling = [q.text for q in with_history.quotes if f"「{q.text}」" in with_history.answer and q.text not in alone.answer]
     assert telling, "the earlier question should change this answer"
     _ask(page, follow_up)
-    shown = " ".join(_bot_messages(page).last.inner_text().split())
+    shown = " ".join(_bot_messages(page).last.locator(".gq-answer").inner_text().split())
     for text in telling:
         assert " ".join(text.split()) in shown
 
@@ -260,21 +265,22 @@ def test_browser_follow_up_question_uses_the_earlier_questions(page, bot):
 @pytest.mark.browser
 def test_browser_not_covered_is_said_plainly(page):
     _ask(page, Q_NOT_COVERED)
-    assert "未覆盖" in _bot_messages(page).last.inner_text()
+    last = _bot_messages(page).last
+    assert "未覆盖" in last.inner_text()
     assert "未覆盖" in page.locator("#gq-status").inner_text()
-    assert page.locator("#gq-chips button.gq-chip").count() == 0
-    assert not page.locator("#gq-vote").is_visible()
-    # Clicking an earlier answer brings back its citation chips.
-    _bot_messages(page).first.click()
-    page.locator("#gq-chips button.gq-chip").first.wait_for(timeout=10_000)
-    assert "已核对" in page.locator("#gq-status").inner_text()
+    assert last.locator(".gq-mk").count() == 0
+    assert last.locator(".gq-vote").count() == 0
+    # An earlier answer keeps its own markers and sources: they still open the reader.
+    first = _bot_messages(page).first
+    first.locator(".gq-mk").first.click()
+    page.locator("#gq-reader mark.gq-hl").first.wait_for(timeout=10_000)
 
 
 @pytest.mark.browser
 def test_browser_html_in_a_question_is_text(page):
     _ask(page, XSS)
-    user_text = page.locator("#gq-chat .message.user").last.inner_text()
-    assert XSS in user_text
+    user_text = page.locator("#gq-chat .message.user .gq-user-text").last.inner_text()
+    assert user_text == XSS
     assert page.evaluate("typeof window.__xss") == "undefined"
     assert page.locator("#gq-chat img[src='x']").count() == 0
     assert page.locator("#gq-chat script").count() == 0

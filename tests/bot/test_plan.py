@@ -131,3 +131,26 @@ def test_words_that_ask_for_a_dose_do_not_pick_the_lead(bot):
     a = bot.answer("60岁女性，结肠GIST术后高危，KIT exon 9，辅助用药剂量？")
     assert ADJUVANT_PANEL in blocks(a)[0] and ADJUVANT_DOSE in a.answer
     assert "NCCN指南的推荐较为相似" not in a.answer
+
+
+def test_a_reference_question_names_the_candidate_paper_with_its_caveat(bot):
+    """"文献16讲了什么？": what the paper found, and which paper it is (the card's candidate record,
+    its title quoted), said to be a candidate, not confirmed."""
+    index = bot._ensure_loaded()
+    record = index.slot_records[16]
+    for question in ("文献16讲了什么？", "［4］的结论是什么？"):
+        a = bot.answer(question)
+        assert not a.refused
+        slot = 16 if "16" in question else 4
+        record = index.slot_records[slot]
+        assert any(q.passage_id == record.passage_id and q.text in a.answer and q.kind == "文献卡片"
+                   for q in a.quotes), "the candidate record is quoted in the answer"
+        assert "候选文献" in a.answer and "未经确认" in a.answer
+        assert len(blocks(a)) <= MAX_BLOCKS + 1  # the quote blocks, plus the 所引文献 line
+    a = bot.answer("文献16讲了什么？")
+    assert "Adjuvant imatinib in patients with GIST harboring exon 9 KIT mutations" in a.answer
+
+
+def test_a_clinical_question_gets_no_candidate_record(bot):
+    a = bot.answer("KIT exon 9突变患者辅助治疗用多大剂量？")
+    assert "候选文献" not in a.answer and all(q.kind != "文献卡片" for q in a.quotes)
