@@ -88,14 +88,14 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "checksums-skipped-on-load", "checksums verified on load",
         (Edit("indexer/store.py",
-              "    if verify:\n        bad = verify_files(build_dir, manifest)\n",
-              "    if False:\n        bad = verify_files(build_dir, manifest)\n"),),
+              "    if verify:\n        bad = verify_files(build_dir, manifest, full=False)\n",
+              "    if False:\n        bad = verify_files(build_dir, manifest, full=False)\n"),),
         ("tests/indexer/test_build.py::test_a_tampered_file_that_still_reads_is_refused_on_load",),
     ),
     Mutation(
         "markup-not-escaped", "markup escaped (chat page)",
         (Edit("bot/app.py", "    return html.escape(str(text), quote=True)\n", "    return str(text)\n"),),
-        ("tests/bot/test_app.py", "tests/bot/test_page.py"),
+        ("tests/bot/test_page_hostile.py",),
     ),
     Mutation(
         "ratchet-never-worse", "ratchet compares",
@@ -171,5 +171,35 @@ MUTATIONS: tuple[Mutation, ...] = (
               "    if vote is not None and not any(q.passage_id == vote.passage_id and q.text == vote.question for q in shown):\n",
               "    if False:\n"),),
         ("tests/bot/test_answer.py::test_a_vote_item_dropped_by_verification_is_not_shown",),
+    ),
+    Mutation(
+        "marker-names-next-source", "inline markers match sources",
+        (Edit("bot/app.py",
+              '                if qi < len(quotes) and quotes[qi]["text"] == quote:\n                    source = quotes[qi]["source"]\n',
+              '                if qi < len(quotes) and quotes[qi]["text"] == quote:\n                    source = quotes[min(qi + 1, len(quotes) - 1)]["source"]\n'),),
+        ("tests/bot/test_page_html.py::test_each_marker_opens_the_source_that_holds_its_quote",
+         "tests/bot/test_page_html.py::test_markers_are_circled_one_per_source_in_answer_order"),
+    ),
+    Mutation(
+        "encoder-mismatch-allowed", "index searched only with its own encoder",
+        (Edit("bot/answer.py",
+              "        want = index.manifest.get(\"model\", {}).get(\"fingerprint\")\n        if want != have:\n",
+              "        want = index.manifest.get(\"model\", {}).get(\"fingerprint\")\n        if False:\n"),),
+        ("tests/indexer/test_onnx_encoder.py::test_the_index_is_never_searched_with_another_encoder",),
+    ),
+    Mutation(
+        "encoder-checksum-skipped", "encoder files verified on load",
+        (Edit("indexer/onnx_encoder.py",
+              "            if _sha256(path) != want.get(\"sha256\"):\n",
+              "            if False:\n"),),
+        ("tests/indexer/test_onnx_encoder.py::test_a_file_of_the_same_size_from_another_model_is_refused",
+         "tests/indexer/test_onnx_encoder.py::test_a_changed_file_is_hashed_again_even_with_a_stale_stamp"),
+    ),
+    Mutation(
+        "api-history-unchecked", "bad API input gets a 4xx, never a traceback",
+        (Edit("bot/api.py",
+              "    if not isinstance(history, list) or not all(isinstance(h, str) for h in history):\n",
+              "    if False:\n"),),
+        ("tests/bot/test_serve.py",),
     ),
 )

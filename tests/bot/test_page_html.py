@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from bot.app import (answer_html, answer_plain_text, answer_record, chinese_message, document_html, marker_label,
+from bot.app import (answer_html, answer_segments, answer_plain_text, answer_record, chinese_message, document_html, marker_label,
                      page_mount_options, reader_html, source_entry_html, status_html, transcript_html)
 
 Q_ADJUVANT = "KIT exon 9突变患者辅助治疗用多大剂量？"
@@ -24,6 +24,27 @@ def test_markers_are_circled_one_per_source_in_answer_order(record):
     # a vote item and its options are one source: as many sources as quote blocks
     votes = [s for s in record["sources"] if s["vote"]]
     assert votes and all(len(s["quotes"]) > 1 for s in votes)
+
+
+@pytest.mark.parametrize("question", [Q_ADJUVANT, "辅助治疗期间复发了，专家投票结果如何？", "文献16讲了什么？"])
+def test_each_marker_opens_the_source_that_holds_its_quote(bot, question):
+    """The marker after a quote names the source entry whose passage holds that very quote, and the
+    source entry the marker links to (data-src) is that source."""
+    rec = answer_record(bot, bot.answer(question, history=[]), [], 3)
+    by_n = {s["n"]: s for s in rec["sources"]}
+    checked = 0
+    for _indent, segs, _bullet in answer_segments(rec):
+        for kind, text, source in segs:
+            if kind != "quote":
+                continue
+            assert source in by_n, f"「{text[:20]}」 has no source"
+            held = [rec["quotes"][i]["text"] for i in by_n[source]["quotes"]]
+            assert text in held, f"「{text[:20]}」 marked as source {source}, which holds {held}"
+            checked += 1
+    assert checked >= 2
+    html = answer_html(rec)
+    for n in re.findall(r'class="gq-mk" data-src="gq-src-3-(\d+)"', html):
+        assert int(n) in by_n
 
 
 def test_a_streaming_answer_shows_a_prefix_and_no_half_marker(record):
