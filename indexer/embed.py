@@ -136,9 +136,10 @@ def get_embedder(settings):
         from indexer.onnx_encoder import OnnxEncoder
 
         folder = _onnx_dir(settings)
-        key = ("onnx", str(folder), settings.query_prefix, settings.passage_prefix)
+        key = ("onnx", str(folder), settings.query_prefix, settings.passage_prefix, settings.encoder_threads)
         if key not in _CACHE:
-            _CACHE[key] = OnnxEncoder(folder, settings.query_prefix, settings.passage_prefix)
+            _CACHE[key] = OnnxEncoder(folder, settings.query_prefix, settings.passage_prefix,
+                                      threads=settings.encoder_threads)
         return _CACHE[key]
     from indexer.e5_model import ensure_default_model, model_fingerprint
 
