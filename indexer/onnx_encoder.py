@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.e5_model import ModelError
+from indexer.e5_model import ModelError, _replace_dir
 from indexer.unigram import TOKENIZER_FILES, UnigramTokenizer, write_tokenizer
 
 # Bump when the export writes different files for the same model: the fingerprint changes and
@@ -149,16 +149,6 @@ class _PooledEncoder:  # a torch.nn.Module, defined lazily so importing this mod
                 return torch.nn.functional.normalize(mean, dim=-1)
 
         return PooledEncoder(model)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
