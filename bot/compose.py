@@ -307,9 +307,13 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
                       for c in candidates[:10]), default=0)
     # "那辅助治疗呢？": a setting of this corpus named bare, with no foreign subject words, is about
     # the corpus's own subject; "高血压一线降压药怎么选" names a setting word but a foreign subject.
+    # A foreign word is a run of bigrams the corpus never uses (高血 血压, 降压 压药); one such bigram
+    # alone is mostly the seam between two words (患者|一线 -> 者一), not a subject.
     weights = term_weights(index, subject_terms)
-    foreign = [t for t, w in weights.items() if w == 0.0]
-    bare_setting = bool(query.reading and query.reading.setting.specific) and len(foreign) <= FOREIGN_SHARE * max(1, len(weights))
+    foreign = {t for t, w in weights.items() if w == 0.0}
+    foreign_word = any(placed[i:i + 2] in foreign and placed[i + 1:i + 3] in foreign for i in range(len(placed) - 2))
+    bare_setting = bool(query.reading and query.reading.setting.specific) and (
+        len(foreign) <= FOREIGN_SHARE * max(1, len(weights)) or not foreign_word)
     if not has_subject and best_terms < 2 and not bare_setting:
         return _refuse("问题与本知识库的主题（KIT突变胃肠间质瘤的伊马替尼治疗）无关")
     if not candidates and vote_hit is None:
