@@ -24,7 +24,7 @@ from bot.api import MAX_BODY_BYTES, ApiError, parse_ask
 REPO = Path(__file__).resolve().parents[2]
 GISTQA = REPO / ".venv" / "bin" / "gistqa"
 Q_DOSE = "KIT exon 9突变患者辅助治疗用多大剂量？"
-Q_FOLLOW = "那复发以后呢？"
+Q_FOLLOW = "这部分是谁写的？"  # only the history says which part
 START_TIMEOUT_S = 180
 
 
