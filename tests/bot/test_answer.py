@@ -196,11 +196,14 @@ def test_english_question_and_synonyms_find_the_same_passage(bot):
 
 
 def test_follow_up_uses_the_history(bot):
-    first = "KIT exon 9突变患者辅助治疗用多大剂量？"
-    alone = bot.answer("那复发以后呢？")
-    follow = bot.answer("那复发以后呢？", history=[first])
+    """"用多大剂量？" names no setting: only the earlier question (metastatic, first diagnosis) says
+    it is the first-line dose."""
+    first = "exon 9 GIST肝转移，初诊"
+    alone = bot.answer("用多大剂量？")
+    follow = bot.answer("用多大剂量？", history=[first])
     assert not follow.refused
-    assert any("复发" in q.section for q in follow.quotes)
+    assert any("600 mg/d" in q.text for q in follow.quotes), [q.text[:30] for q in follow.quotes]
+    assert all("辅助治疗" not in q.section for q in follow.quotes)
     assert alone.refused or alone.answer != follow.answer
 
 
