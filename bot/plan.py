@@ -18,12 +18,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from bot.compose import ATTRIBUTE_NAMES, Candidate, Coverage, asks_about_literature, quotable, term_weights, with_qualifiers
+from bot.compose import ATTRIBUTE_NAMES, NO_SUBJECT_TYPES, Candidate, Coverage, asks_about_literature, quotable, term_weights, with_qualifiers
 from bot.query import DETAIL_CONCEPTS, Query, content_terms
 from bot.retrieve import Hit
 from bot.setting import (ADJUVANT, ALL_SETTINGS, AUTHORS, FIRST_LINE, MANAGEMENT, RECUR_AFTER, RECUR_DURING,
                          RECURRENCE, SETTING_LABELS, VALUE, VOTE, WHY, GUIDELINE_NAMED, NUMBER_ASKED, Reading,
-                         detect_settings)
+                         detect_facet, detect_settings)
 from indexer.lexicon import Lexicon, normalize_for_match, to_simplified
 from indexer.store import StoredIndex
 
@@ -45,6 +45,10 @@ ITEM_NUMBER = re.compile(r"第\s*([一二三四五六七八九]|\d)\s*(?:项|题
 COMPARE_WORDS = re.compile(r"区别|不同|差别|差异|相比|比较|对比|分别|compare|differ|versus|vs")
 SPECIFIC_MARGIN = 0.15  # a sentence of the setting leads over its recommendation when it holds this much more of the question's wording
 VOTE_OPTION_WEIGHT = 1.0  # an option repeated in the question marks its item
+# "那专家投票呢？" after "辅助治疗用多少剂量？": a bare follow-up asks how the panel voted on what the
+# earlier question asked, what to do; so the items that ask what to do (…剂量应为： / …应选择：) are
+# chosen from, not one asking agreement with a study finding, in the same setting.
+VOTE_DECISION = re.compile(r"(?:应为|应选择|选择)\s*[:：]?\s*$")
 ANSWER_BUDGET = 430  # characters of quoted text: above it, context blocks (a vote, a second sentence) are left out
 GENERAL_MAX_BLOCKS = 2  # a question with no management facet: the sentence that answers and at most one more
 MECHANISM_BONUS = 0.3  # for why: a sentence that names a mechanism or a cause leads
@@ -471,6 +475,12 @@ def _authors(index: StoredIndex, query: Query, dm: DocumentMap, settings: tuple[
     return [Block(r, list(index.passage_sentences[r]), "authors", why="byline of the part asked") for r in named]
 
 
+def _subject_named(query: Query, lexicon: Lexicon) -> bool:
+    """The question's own words name subject matter (a dose, a drug, a study), not only the vote,
+    the panel or the setting."""
+    return any(lexicon.concepts[c].type not in NO_SUBJECT_TYPES for c in query.concepts)
+
+
 def _vote(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap, settings: tuple[str, ...],
           lexicon: Lexicon) -> list[Block]:
     from bot.compose import _vote_score
@@ -492,7 +502,12 @@ def _vote(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap,
         return max((len(_bigrams(o.text) & asked) / max(1, len(_bigrams(o.text)))
                     for o in index.passages[row].vote.options), default=0.0)
 
-    best = max(dummy, key=lambda r: _vote_score(dummy[r], query, lexicon, best_fused, best_dense)
+    pool = list(dummy)
+    earlier = query.history[-1] if query.history else ""
+    if earlier and not _subject_named(query, lexicon) and detect_facet(
+            earlier, lexicon.attributes_in(earlier), lexicon.concepts_in(earlier)).facet == MANAGEMENT:
+        pool = [r for r in pool if VOTE_DECISION.search(index.passages[r].vote.question)] or pool
+    best = max(pool, key=lambda r: _vote_score(dummy[r], query, lexicon, best_fused, best_dense)
                + VOTE_OPTION_WEIGHT * option_named(r))
     m = ITEM_NUMBER.search(query.text)
     if m:  # "表1第3项": the item named by its number

@@ -154,3 +154,14 @@ def test_a_reference_question_names_the_candidate_paper_with_its_caveat(bot):
 def test_a_clinical_question_gets_no_candidate_record(bot):
     a = bot.answer("KIT exon 9突变患者辅助治疗用多大剂量？")
     assert "候选文献" not in a.answer and all(q.kind != "文献卡片" for q in a.quotes)
+
+
+def test_a_bare_vote_follow_up_after_a_dose_question_quotes_the_dose_vote(bot):
+    """"那专家投票呢？" after an adjuvant dose question: the panel's vote on the dose (表1 item 2), not
+    its vote on agreeing with a study (item 3), which the same setting also holds; a follow-up that
+    names the study still gets the study's item."""
+    dose = "KIT exon 9突变辅助治疗推荐用多少剂量？"
+    bare = bot.answer("那专家投票呢？", history=[dose])
+    assert bare.vote is not None and bare.vote.number == 2
+    named = bot.answer("那800 mg不优于400 mg的投票呢？", history=[dose])
+    assert named.vote is not None and named.vote.number == 3
