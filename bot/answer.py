@@ -28,6 +28,17 @@ from indexer.types import EVIDENCE_LABELS, Passage
 
 SCOPE_NOTE = "本工具只依据本知识库收录的CSCO胃肠间质瘤专家委员会专家共识及其引用文献作答，不使用其他来源，"
 DISCLAIMER = "本工具仅供医学教育参考，答案只摘录专家共识及其引用文献，不能替代临床判断。"
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors whose message is meant for the user (the CLI, the page and the API show it as text,
+    never as a traceback)."""
+    from bot.query import QuestionError
+    from indexer.build import BuildBusy
+    from indexer.e5_model import ModelError
+    from indexer.store import IndexError_
+
+    return (QuestionError, IndexError_, ModelError, BuildBusy)
 MAX_MERGED_QUOTE = 160  # neighbouring sentences join into one quote up to this many characters
 CONFIDENCE_ZH = {"strong": "较确定", "moderate": "中等", "weak": "较弱"}
 

@@ -28,14 +28,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no teleme
 
 import gradio as gr  # noqa: E402
 
-from bot.answer import DISCLAIMER, Bot, place_of  # noqa: E402
+from bot.answer import DISCLAIMER, Bot, place_of, user_error_types  # noqa: E402
 from bot.feedback import save_feedback  # noqa: E402
 from bot.followups import suggest_followups  # noqa: E402
 from bot.plan import document_map  # noqa: E402
-from bot.query import QuestionError  # noqa: E402
 from bot.types import Answer  # noqa: E402
 from indexer.settings import get_settings  # noqa: E402
-from indexer.store import IndexError_  # noqa: E402
 from indexer.types import EVIDENCE_LABELS, Passage  # noqa: E402
 
 TITLE = "gistqa · KIT exon 9 突变GIST专家共识问答"
@@ -64,14 +62,6 @@ MARKER_CIRCLED_MAX = 20  # ①…⑳ exist as single characters; past that the m
 UNIT_RE = re.compile(r"\d+(?:\.\d+)?\s*(?:~\s*\d+\s*)?(?:mg/d|mg|%|周|个月|年)")
 QUOTE_OR_LABEL_RE = re.compile(r"\*\*(.+?)\*\*|「(.*?)」|〔(.*?)〕", re.S)
 ENGLISH_TAIL_RE = re.compile(r"\s*\((?=[^()]*[A-Za-z])[^()\u4e00-\u9fff]*\)\s*$")  # "… (the question is empty)"
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Errors whose message is meant for the user (shown as text, never as a traceback)."""
-    from indexer.build import BuildBusy
-    from indexer.e5_model import ModelError
-
-    return (QuestionError, IndexError_, ModelError, BuildBusy)
 
 
 # --- escaping: the one door into HTML ----------------------------------------------------------

@@ -18,12 +18,9 @@ out = Console()
 
 def _user_errors():
     """The exception types whose message is meant for the user (printed without a traceback)."""
-    from bot.query import QuestionError
-    from indexer.build import BuildBusy
-    from indexer.e5_model import ModelError
-    from indexer.store import IndexError_
+    from bot.answer import user_error_types
 
-    return (QuestionError, IndexError_, ModelError, BuildBusy)
+    return user_error_types()
 
 
 def _internal_error(err: Exception) -> None:

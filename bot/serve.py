@@ -38,17 +38,9 @@ WORKER_START_TIMEOUT_S = 120.0
 QUEUE_WAIT_S = 60.0
 
 
-def _user_error_types():
-    from bot.query import QuestionError
-    from indexer.build import BuildBusy
-    from indexer.e5_model import ModelError
-    from indexer.store import IndexError_
-
-    return QuestionError, IndexError_, ModelError, BuildBusy
-
-
 def answer_request(bot, request: AskRequest) -> dict:
     """One API answer from ``bot``, or an `ApiError` (the user's error as 4xx/503, a bug as 500)."""
+    from bot.answer import user_error_types
     from bot.query import QuestionError
 
     try:
@@ -56,7 +48,7 @@ def answer_request(bot, request: AskRequest) -> dict:
                           detail=request.detail).to_dict()
     except QuestionError as e:
         raise ApiError(422, "bad_question", str(e)) from None
-    except _user_error_types() as e:
+    except user_error_types() as e:
         raise ApiError(503, "not_ready", str(e)) from None
     except Exception:  # a bug: the log gets the traceback, the client one plain sentence
         traceback.print_exc()
