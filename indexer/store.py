@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.checksums import read_stamp, sha256_file, unchanged_since_stamp, write_stamp
 from indexer.lexicon import normalize_for_match
 from indexer.types import Document, Passage, Sentence, VoteItem, VoteOption
 
@@ -50,14 +51,6 @@ class IndexCorrupt(IndexError_):
 
 class IndexModelMismatch(IndexError_):
     pass
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def text_key(text: str) -> str:
@@ -139,22 +132,6 @@ def read_manifest(build_dir: Path) -> dict:
     return manifest
 
 
-VERIFIED_NAME = ".verified.json"  # size and mtime of each file when its sha256 last matched
-
-
-def _stat_key(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def _write_verified(build_dir: Path, names) -> None:
-    try:
-        (build_dir / VERIFIED_NAME).write_text(
-            json.dumps({rel: _stat_key(build_dir / rel) for rel in names}), encoding="utf-8")
-    except OSError:
-        pass  # a read-only index is hashed in full on every load instead
-
-
 def verify_files(build_dir: Path, manifest: dict, full: bool = True) -> list[str]:
     """Names of files whose size or sha256 differs from the manifest (empty list: all intact).
 
@@ -164,12 +141,7 @@ def verify_files(build_dir: Path, manifest: dict, full: bool = True) -> list[str
     `gistqa index --verify` and the build's reuse check hash everything.
     """
     bad = []
-    stamp: dict = {}
-    if not full:
-        try:
-            stamp = json.loads((build_dir / VERIFIED_NAME).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            stamp = {}
+    stamp = {} if full else read_stamp(build_dir)
     hashed = False
     for rel, info in manifest.get("files", {}).items():
         path = build_dir / rel
@@ -177,14 +149,14 @@ def verify_files(build_dir: Path, manifest: dict, full: bool = True) -> list[str
             bad.append(f"{rel} (missing)")
         elif path.stat().st_size != info["bytes"]:
             bad.append(f"{rel} (size {path.stat().st_size}, expected {info['bytes']})")
-        elif isinstance(stamp, dict) and stamp.get(rel) == _stat_key(path):
+        elif unchanged_since_stamp(stamp, build_dir, rel):
             continue
         elif sha256_file(path) != info["sha256"]:
             bad.append(f"{rel} (checksum differs)")
         else:
             hashed = True
     if hashed and not bad:
-        _write_verified(build_dir, manifest.get("files", {}))
+        write_stamp(build_dir, manifest.get("files", {}))
     return bad
 
 
@@ -225,7 +197,7 @@ def write_build(index_dir: Path, content: BuildContent, exact_search_max: int) -
         manifest = {**content.manifest, "format_version": FORMAT_VERSION, "build": name, "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
         _fsync_tree(tmp)
-        _write_verified(tmp, files)  # just hashed: the first load need not hash again
+        write_stamp(tmp, files)  # just hashed: the first load need not hash again
         previous = current_build_dir(index_dir)
         final = builds / name
         os.rename(tmp, final)

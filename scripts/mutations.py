@@ -190,7 +190,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "encoder-checksum-skipped", "encoder files verified on load",
         (Edit("indexer/onnx_encoder.py",
-              "            if _sha256(path) != want.get(\"sha256\"):\n",
+              "            if sha256_file(path) != want.get(\"sha256\"):\n",
               "            if False:\n"),),
         ("tests/indexer/test_onnx_encoder.py::test_a_file_of_the_same_size_from_another_model_is_refused",
          "tests/indexer/test_onnx_encoder.py::test_a_changed_file_is_hashed_again_even_with_a_stale_stamp"),

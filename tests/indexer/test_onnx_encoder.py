@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from indexer.e5_model import ModelError
-from indexer.onnx_encoder import MANIFEST_NAME, ONNX_NAME, TABLE_NAME, VERIFIED_NAME, OnnxEncoder, read_manifest
+from indexer.checksums import STAMP_NAME
+from indexer.onnx_encoder import MANIFEST_NAME, ONNX_NAME, TABLE_NAME, OnnxEncoder, read_manifest
 from indexer.unigram import PIECES_NAME
 
 REPO = Path(__file__).resolve().parents[2]
@@ -193,7 +194,7 @@ def test_a_file_of_the_same_size_from_another_model_is_refused(encoder_copy, set
 
 def test_a_changed_file_is_hashed_again_even_with_a_stale_stamp(encoder_copy, settings):
     """The stamp only skips hashing for files whose size and mtime are unchanged."""
-    stamp = json.loads((encoder_copy / VERIFIED_NAME).read_text())
+    stamp = json.loads((encoder_copy / STAMP_NAME).read_text())
     path = encoder_copy / PIECES_NAME
     text = path.read_text(encoding="utf-8")
     path.write_text(text.replace("\n", "\nx", 1), encoding="utf-8")
