@@ -120,10 +120,7 @@ def encoder_identity(settings) -> tuple[Path, str]:
     missing or damaged encoder is a `ModelError` naming `gistqa index`.
     """
     if not uses_onnx(settings):
-        from indexer.e5_model import ensure_default_model, model_fingerprint
-
-        model_dir = ensure_default_model(settings)
-        return model_dir, model_fingerprint(model_dir)
+        return ensure_encoder(settings)  # a torch folder: its fingerprint, as at index time
     from indexer.onnx_encoder import read_manifest
 
     target = _onnx_dir(settings)
