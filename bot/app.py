@@ -502,27 +502,23 @@ def examples_html() -> str:
 
 
 # --- the reader: the whole consensus and the reference cards ----------------------------------------
+# How the reader names a document: in full (headings, tooltips) and short (its document bar).
+_READER_LABELS = {
+    "consensus": ("共识原文", "共识原文"),
+    "reference_card": ("文献卡片［{slot}］", "卡{slot}"),
+    "reference_fulltext": ("文献［{slot}］全文", "全文{slot}"),
+}
+
+
 def reader_doc_label(doc) -> str:
-    slot = doc.meta.get("slot")
-    if doc.kind == "consensus":
-        return "共识原文"
-    if doc.kind == "reference_card":
-        return f"文献卡片［{slot}］"
-    if doc.kind == "reference_fulltext":
-        return f"文献［{slot}］全文"
-    return str(doc.title)
+    labels = _READER_LABELS.get(doc.kind)
+    return labels[0].format(slot=doc.meta.get("slot")) if labels else str(doc.title)
 
 
 def reader_nav_label(doc) -> str:
     """The short name on the reader's document bar: 共识, then 卡1…卡16 (全文3 for a full text)."""
-    slot = doc.meta.get("slot")
-    if doc.kind == "consensus":
-        return "共识原文"
-    if doc.kind == "reference_card":
-        return f"卡{slot}"
-    if doc.kind == "reference_fulltext":
-        return f"全文{slot}"
-    return str(doc.title)[:12]
+    labels = _READER_LABELS.get(doc.kind)
+    return labels[1].format(slot=doc.meta.get("slot")) if labels else str(doc.title)[:12]
 
 
 def _reader_order(doc) -> tuple:
