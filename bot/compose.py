@@ -290,10 +290,10 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
     has_subject = any(lexicon.concepts[c].type not in NO_SUBJECT_TYPES or c in SUBJECT_CONCEPTS
                       for c in query.all_concepts) or bool(slots)
     # Words that only place a question (一线, 辅助, 复发) or single characters are no shared subject.
-    placed = normalize_for_match(to_simplified(query.text))
+    simplified = to_simplified(query.text)
+    placed = normalize_for_match(simplified)
     # The words that ask (多大剂量, 吃多久, 怎么办) are no subject either: they are what the facet and
     # attribute readers matched, and their bigrams (用多, 多大) would count as words the corpus never uses.
-    simplified = to_simplified(query.text)
     asking = [simplified[m.start:m.end] for m in lexicon.attribute_matches(simplified)]
     if query.reading and query.reading.intent.cue:
         asking.append(query.reading.intent.cue)
