@@ -29,3 +29,31 @@ def test_attribute_trigger_inside_a_concept_term_does_not_fire():
     assert "dose" not in LEX.attributes_in("为什么对标准剂量伊马替尼不敏感？")
     assert "dose" in LEX.attributes_in("辅助治疗用多大剂量？")
     assert "duration" in LEX.attributes_in("辅助治疗持续多少年？")
+
+
+def _every_regex(matcher, text):
+    """The matcher without its substring prefilter: every term's regex scanned, longest first."""
+    from indexer.lexicon import Match
+
+    taken, found = bytearray(len(text)), []
+    for pattern, term, key, _literal in matcher._patterns:
+        for m in pattern.finditer(text):
+            if not any(taken[m.start():m.end()]):
+                taken[m.start():m.end()] = b"\x01" * (m.end() - m.start())
+                found.append(Match(key, m.start(), m.end(), term))
+    return sorted(found, key=lambda m: m.start)
+
+
+def test_the_substring_prefilter_finds_what_every_regex_finds(stored_index):
+    from evals.schema import load_set
+
+    texts = [p.text for p in stored_index.passages]
+    texts += [i.question for name in ("questions.jsonl", "holdout.jsonl") for i in load_set(REPO / "evals" / name)]
+    texts += [t.upper() for t in texts] + [t.swapcase() for t in texts]
+    # Letters that re.IGNORECASE equates with ASCII but str.lower() does not: the long s, the
+    # dotted capital I, the Kelvin sign; spaces stretched inside multi-word terms.
+    texts += ["ſunitinib 与 İmatinib 的 \u212aIT exon 9", "KIT   exon\t9", "exon9 400mg/d", "ＫＩＴ外显子9"]
+    for matcher in (LEX._concepts, LEX._attributes):
+        for text in texts:
+            assert matcher.find(text) == _every_regex(matcher, text), text
+    assert {"sunitinib", "imatinib"} <= LEX.concepts_in("ſunitinib 与 İmatinib")
