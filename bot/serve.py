@@ -209,8 +209,11 @@ def create_app(bot, pool: AnswerPool | None = None, feedback_path: str | Path | 
         return pool.ask(request) if pool is not None else answer_request(bot, request)
 
     def health() -> dict:
+        from indexer.embed import encoder_threads
+
         return {"status": "ok", "workers": pool.size if pool else 1, "worker_pids": pool.pids() if pool else [os.getpid()],
-                "replaced": pool.replaced if pool else 0, "uptime_s": round(time.time() - started, 1)}
+                "replaced": pool.replaced if pool else 0, "uptime_s": round(time.time() - started, 1),
+                "encoder_threads": encoder_threads(bot.settings)}
 
     add_api_routes(app, answer, health)
     return gr.mount_gradio_app(app, page.build_app(bot, feedback_path=feedback_path), path="/", **page_options())
@@ -238,6 +241,12 @@ def run(host: str | None = None, port: int | None = None, workers: int | None = 
     host = host or settings.host
     port = port or settings.port
     workers = max(1, int(workers or settings.workers))
+    if workers != settings.workers:
+        # The workers (spawned: they read the environment) and this process share the cores
+        # out by this number (`indexer.embed.encoder_threads`).
+        os.environ["GISTQA_WORKERS"] = str(workers)
+        get_settings.cache_clear()
+        settings = get_settings()
     print("正在加载索引和嵌入模型…… (loading the index and the model)", file=sys.stderr, flush=True)
     bot = Bot(settings, auto_build=True)
     bot.warm_up()  # builds the index if missing, before any worker loads it

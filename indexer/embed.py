@@ -127,16 +127,32 @@ def encoder_identity(settings) -> tuple[Path, str]:
     return target, read_manifest(target)["fingerprint"]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def encoder_threads(settings) -> int:
+    """Threads for one question's embedding: the setting, or (0) the cores shared out among the
+    answer processes, so N workers on N cores each get one and one process gets them all."""
+    if settings.encoder_threads:
+        return int(settings.encoder_threads)
+    return max(1, usable_cores() // max(1, int(settings.workers)))
+
+
 def get_embedder(settings):
     """One loaded encoder per (folder, prefixes) in a process: loading takes a while."""
     if uses_onnx(settings):
         from indexer.onnx_encoder import OnnxEncoder
 
         folder = _onnx_dir(settings)
-        key = ("onnx", str(folder), settings.query_prefix, settings.passage_prefix, settings.encoder_threads)
+        threads = encoder_threads(settings)
+        key = ("onnx", str(folder), settings.query_prefix, settings.passage_prefix, threads)
         if key not in _CACHE:
-            _CACHE[key] = OnnxEncoder(folder, settings.query_prefix, settings.passage_prefix,
-                                      threads=settings.encoder_threads)
+            _CACHE[key] = OnnxEncoder(folder, settings.query_prefix, settings.passage_prefix, threads=threads)
         return _CACHE[key]
     from indexer.e5_model import ensure_default_model, model_fingerprint
 

@@ -253,8 +253,8 @@ class OnnxEncoder:
             self.tokenizer = UnigramTokenizer(self.model_dir, manifest["tokenizer"])
             self._table = _RowFile(self.model_dir / TABLE_NAME)
             options = ort.SessionOptions()
-            # One thread per question by default: several users (or workers) share two cores, and
-            # threads that contend made a query slower, not faster, under load (settings.encoder_threads).
+            # `indexer.embed.encoder_threads` decides: every core for one answer process, one
+            # each when N workers share N cores (threads that contend make a query slower).
             options.intra_op_num_threads = max(1, int(threads))
             options.inter_op_num_threads = 1
             options.log_severity_level = 3

@@ -39,12 +39,17 @@ class Settings(BaseSettings):
     # How the embedded default runs: "onnx" (ONNX Runtime, no torch when answering) or "torch"
     # (sentence-transformers). A model named in model_path always runs on torch.
     encoder: Literal["onnx", "torch"] = "onnx"
-    # int8 weights (per channel) for the ONNX encoder: twice as fast (query 22 -> 11 ms) but strict
-    # answer accuracy fell 0.969 -> 0.964 and hit@5 0.967 -> 0.963, so not the default (docs/scaling.md).
+    # int8 weights (per channel) for the ONNX encoder: ~1.7x as fast, but query cosine to the exact
+    # model falls to 0.988, strict answer accuracy 0.969 -> 0.964 and hit@5 0.967 -> 0.963, so not
+    # the default (docs/scaling.md).
     encoder_int8: bool = False
-    # Threads one question's embedding may use. 1 suits a server (requests run side by side); on a
-    # single-user machine the core count makes a query faster (2 cores: 22 -> 14 ms p50).
-    encoder_threads: int = Field(default=1, ge=1, le=64)
+    # Threads one question's embedding may use; 0 = the cores this process may use divided by the
+    # answer processes (`workers`): `gistqa ask`/`eval` and a one-process server get every core
+    # (2 cores: query 23 -> 13 ms p50), `serve --workers 2` one each, so workers never contend.
+    encoder_threads: int = Field(default=0, ge=0, le=64)
+    # Recent questions' vectors kept per Bot (1.5 kB each): a repeated question or a clicked
+    # follow-up skips the embedding (the largest part of an answer). 0 = keep none.
+    query_cache_size: int = Field(default=1024, ge=0, le=1_000_000)
     query_prefix: str = "query: "
     passage_prefix: str = "passage: "
     embed_batch_size: int = 32

@@ -234,3 +234,40 @@ def test_control_characters_and_surrogates_are_cleaned_not_fatal(bot):
 def test_timing_is_reported_by_stage(bot):
     result = bot.answer("为什么KIT exon 9突变对伊马替尼不敏感？")
     assert {"embed_query", "dense_search", "lexical_search", "fusion", "select", "verify", "total"} <= set(result.timing_ms)
+
+
+def test_a_repeated_question_reuses_its_vector_and_gets_the_same_answer(bot):
+    """A clicked follow-up or the same question again: the vector is recalled, not embedded, and
+    the answer is exactly the one an empty cache gives."""
+    question, history = "这个剂量有投票结果吗？", ["KIT exon 9突变的转移性GIST一线用多少伊马替尼？"]
+    bot.forget_query_vectors()
+    first = bot.answer(question, history=history)
+    calls = []
+    real = bot.embedder().encode_queries
+    bot._embedder = type("Counting", (), {"encode_queries": lambda self, texts: calls.append(texts) or real(texts)})()
+    try:
+        again = bot.answer(question, history=history)
+        other = bot.answer("辅助治疗用多大剂量？")
+    finally:
+        bot._embedder = None
+    assert calls == [[bot.search("辅助治疗用多大剂量？").query.retrieval_text]]  # only the new question was embedded
+    assert again.answer == first.answer and [q.text for q in again.quotes] == [q.text for q in first.quotes]
+    assert other.answer != first.answer
+    vec = bot.query_vector(bot.search(question, history).query.retrieval_text)
+    with pytest.raises(ValueError):
+        vec[0] = 1.0  # shared between answers: nobody may change it
+
+
+def test_recent_query_vectors_are_bounded(bot, settings):
+    from bot.answer import Bot
+
+    small = Bot(settings.model_copy(update={"query_cache_size": 2}))
+    for text in ("伊马替尼", "舒尼替尼", "辅助治疗"):
+        small.query_vector(text)
+    assert list(small._query_vectors) == ["舒尼替尼", "辅助治疗"]  # the oldest went first
+    small.query_vector("舒尼替尼")
+    small.query_vector("瑞戈非尼")
+    assert list(small._query_vectors) == ["舒尼替尼", "瑞戈非尼"]  # a recalled one counts as recent
+    none = Bot(settings.model_copy(update={"query_cache_size": 0}))
+    none.query_vector("伊马替尼")
+    assert not none._query_vectors

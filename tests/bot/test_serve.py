@@ -95,6 +95,15 @@ def _same_answer(api: dict, cli: dict) -> None:
 
 
 # --- the answer ------------------------------------------------------------------------------------
+def test_two_workers_share_the_cores_out(server):
+    """`--workers 2` reaches the processes' settings: each embeds on its share of the cores."""
+    from indexer.embed import usable_cores
+
+    health = _get(server + "/api/health")
+    assert health["workers"] == 2
+    assert health["encoder_threads"] == max(1, usable_cores() // 2)
+
+
 def test_api_answer_is_the_cli_answer(server):
     status, body = _ask(server, question=Q_DOSE)
     assert status == 200

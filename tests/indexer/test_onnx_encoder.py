@@ -239,3 +239,14 @@ def test_the_bot_names_the_rebuild_command_when_the_encoder_is_broken(copy_of_in
     with pytest.raises(ModelError) as caught:
         bot.answer("辅助治疗用多大剂量？")
     assert "gistqa index" in str(caught.value)
+
+
+def test_encoder_threads_share_the_cores_among_the_answer_processes(settings, monkeypatch):
+    from indexer import embed
+
+    monkeypatch.setattr(embed, "usable_cores", lambda: 4)
+    threads = lambda **kw: embed.encoder_threads(settings.model_copy(update=kw))  # noqa: E731
+    assert threads(encoder_threads=0, workers=1) == 4   # `gistqa ask`, eval, a one-process server
+    assert threads(encoder_threads=0, workers=2) == 2
+    assert threads(encoder_threads=0, workers=8) == 1   # more workers than cores: never 0
+    assert threads(encoder_threads=3, workers=2) == 3   # a number in the settings is taken as it is
