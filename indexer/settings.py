@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     encoder_int8: bool = False
     # Threads one question's embedding may use; 0 = the cores this process may use divided by the
     # answer processes (`workers`): `gistqa ask`/`eval` and a one-process server get every core
-    # (2 cores: query 23 -> 13 ms p50), `serve --workers 2` one each, so workers never contend.
+    # (2 cores: the question's embedding 23 -> 17 ms p50 in the bench), `serve --workers 2` one each:
+    # two threads per worker made 1 client 34 -> 50 ms and 4 clients 59 -> 28 answers/s (threads contend).
     encoder_threads: int = Field(default=0, ge=0, le=64)
     # Recent questions' vectors kept per Bot (1.5 kB each): a repeated question or a clicked
     # follow-up skips the embedding (the largest part of an answer). 0 = keep none.
