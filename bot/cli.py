@@ -123,7 +123,12 @@ def ask(
 @app.command()
 def config() -> None:
     """打印生效的设置 (print the effective settings)."""
-    sys.stdout.write(json.dumps(get_settings().public_dict(), ensure_ascii=False, indent=1) + "\n")
+    from indexer.embed import encoder_threads, usable_cores
+
+    settings = get_settings()
+    # Settings that say "decide for me" (0) next to what was decided on this machine.
+    resolved = {"encoder_threads": encoder_threads(settings), "usable_cores": usable_cores()}
+    sys.stdout.write(json.dumps({**settings.public_dict(), "resolved": resolved}, ensure_ascii=False, indent=1) + "\n")
 
 
 @app.command("eval")

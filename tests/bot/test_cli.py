@@ -68,3 +68,6 @@ def test_config_prints_settings_without_secrets(built_index):
     data = json.loads(proc.stdout)
     assert data["host"] == "127.0.0.1" and data["share"] is False
     assert "sk-secret-123" not in proc.stdout
+    # "0 = decide for me" is printed next to what was decided: one answer process gets every core.
+    assert data["encoder_threads"] == 0 and data["workers"] == 1
+    assert data["resolved"]["encoder_threads"] == data["resolved"]["usable_cores"] >= 1
