@@ -65,10 +65,13 @@ def _write_jsonl(path: Path, rows) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    """All rows at once: one JSON array parsed in C. json.loads line by line cost ~7 s for the
-    460k rows of a 100k-passage index (json.dumps never writes a raw newline inside a row)."""
-    text = path.read_text(encoding="utf-8").strip()
-    return json.loads("[" + text.replace("\n", ",") + "]") if text else []
+    """All rows at once: one JSON array parsed by orjson from the file's bytes (json.loads line by
+    line cost ~7 s for the 200k rows of a 100k-passage index, the stdlib on one array ~1.1 s with
+    decoding, orjson ~0.4 s). json.dumps never writes a raw newline inside a row."""
+    import orjson
+
+    data = path.read_bytes().strip()  # orjson's errors are json.JSONDecodeError (ValueError) too
+    return orjson.loads(b"[" + data.replace(b"\n", b",") + b"]") if data else []
 
 
 def _frozen(cls, fields: dict):
@@ -87,12 +90,13 @@ def passage_from_dict(d: dict) -> Passage:
             vote["number"], vote["question"], vote["start"], vote["end"],
             tuple(VoteOption(**o) for o in vote["options"]),
         )
-    return _frozen(Passage, dict(
-        passage_id=d["passage_id"], doc_id=d["doc_id"], doc_kind=d["doc_kind"], doc_title=d["doc_title"],
-        section_path=tuple(d["section_path"]), evidence_kind=d["evidence_kind"], paragraph=d["paragraph"],
-        start=d["start"], end=d["end"], text=d["text"], page=d.get("page"), cites=tuple(d.get("cites", ())),
-        ref_slot=d.get("ref_slot"), vote=vote,
-    ))
+    # The fields in Passage's own order (so a stored passage equals a built one, repr and all).
+    return _frozen(Passage, {
+        "passage_id": d["passage_id"], "doc_id": d["doc_id"], "doc_kind": d["doc_kind"], "doc_title": d["doc_title"],
+        "section_path": tuple(d["section_path"]), "evidence_kind": d["evidence_kind"], "paragraph": d["paragraph"],
+        "start": d["start"], "end": d["end"], "text": d["text"], "page": d.get("page"),
+        "cites": tuple(d.get("cites", ())), "ref_slot": d.get("ref_slot"), "vote": vote,
+    })
 
 
 @dataclass
