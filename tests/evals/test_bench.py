@@ -72,6 +72,11 @@ def test_baseline_runs_on_the_same_questions_and_is_compared(smoke_run):
     assert {"latency_p50_ratio", "latency_p95_ratio", "hit@5_ratio", "memory_ratio", "cold_start_ratio",
             "strict_answer_accuracy_ratio"} <= set(r["comparison"])
     assert base["cold_start_s"] > 0 and base["rss_mb"] > 0
+    # The latency ratio compares the two measured side by side, question for question.
+    paired = base["paired"]
+    assert paired["gistqa_ms"]["n"] == paired["baseline_ms"]["n"] == 10
+    assert r["comparison"]["latency_measured"] == "paired"
+    assert r["comparison"]["latency_p50_ratio"] == round(paired["gistqa_ms"]["p50"] / paired["baseline_ms"]["p50"], 3)
     assert r["comparison"]["memory_ratio"] > 0 and r["comparison"]["cold_start_ratio"] > 0
     # The plain pipeline quotes nothing, so the strict rules give it nothing.
     assert base["quality"]["strict_answer_accuracy"] == 0.0 < r["warm"]["quality"]["strict_answer_accuracy"]
