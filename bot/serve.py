@@ -60,9 +60,18 @@ def _worker_main(conn) -> None:
     """A worker: load the bot, say ready, then answer JSON requests until the pipe closes."""
     from bot.answer import Bot
 
+    from indexer.embed import usable_cores
+
     try:
         bot = Bot(auto_build=False)
         bot.warm_up()
+        encoder = bot.embedder()
+        # A question that comes while every other worker is idle may use every core.
+        solo = hasattr(encoder, "prepare_solo") and encoder.prepare_solo(usable_cores())
+        if solo:
+            encoder.use_solo(True)
+            encoder.encode_queries(["预热"])  # the second session's first run, not a user's
+            encoder.use_solo(False)
     except Exception as e:  # noqa: BLE001 - reported to the front, which names it
         conn.send_bytes(json.dumps({"failed": f"{type(e).__name__}: {e}"}).encode("utf-8"))
         return
@@ -73,7 +82,10 @@ def _worker_main(conn) -> None:
         except (EOFError, OSError):
             return
         try:
-            reply = {"ok": answer_request(bot, AskRequest(**json.loads(raw)))}
+            message = json.loads(raw)
+            if solo:
+                encoder.use_solo(message.get("alone", False))
+            reply = {"ok": answer_request(bot, AskRequest(**message["ask"]))}
         except ApiError as e:
             reply = {"error": asdict(e)}
         conn.send_bytes(json.dumps(reply, ensure_ascii=False).encode("utf-8"))
@@ -109,6 +121,7 @@ class AnswerPool:
         self._idle: Queue[_Worker] = Queue()
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
+        self._in_flight = 0  # requests sent to a worker and not yet answered
         self._closed = False
         starting = [self._spawn() for _ in range(workers)]
         for process, conn in starting:
@@ -159,12 +172,15 @@ class AnswerPool:
         threading.Thread(target=start, daemon=True, name="gistqa-respawn").start()
 
     def ask(self, request: AskRequest) -> dict:
-        payload = json.dumps(asdict(request), ensure_ascii=False).encode("utf-8")
         for attempt in (1, 2):
             try:
                 worker = self._idle.get(timeout=QUEUE_WAIT_S)
             except Empty:
                 raise ApiError(503, "busy", "所有回答进程都在忙，请稍后重试 (all answer workers are busy; retry shortly)") from None
+            with self._lock:
+                alone = self._in_flight == 0  # no other worker busy: this one may use every core
+                self._in_flight += 1
+            payload = json.dumps({"ask": asdict(request), "alone": alone}, ensure_ascii=False).encode("utf-8")
             try:
                 worker.conn.send_bytes(payload)
                 if not worker.conn.poll(self.timeout_s):
@@ -175,6 +191,9 @@ class AnswerPool:
                 if attempt == 2:
                     raise ApiError(503, "worker_failed", "回答进程意外退出，请重试 (an answer worker failed; retry)") from None
                 continue
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
             self._idle.put(worker)
             if "error" in reply:
                 raise ApiError(**reply["error"])

@@ -321,8 +321,6 @@ class OnnxEncoder:
     ``encode_passages`` (normalised float32 rows)."""
 
     def __init__(self, folder: Path, query_prefix: str, passage_prefix: str, threads: int = 1):
-        import onnxruntime as ort
-
         self.model_dir = Path(folder)
         manifest = read_manifest(self.model_dir)
         self.manifest = manifest
@@ -333,19 +331,48 @@ class OnnxEncoder:
         try:
             self.tokenizer = UnigramTokenizer(self.model_dir, manifest["tokenizer"])
             self._table = _RowFile(self.model_dir / TABLE_NAME)
-            options = ort.SessionOptions()
             # `indexer.embed.encoder_threads` decides: every core for one answer process, one
             # each when N workers share N cores (threads that contend make a query slower).
-            options.intra_op_num_threads = max(1, int(threads))
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            self._session = ort.InferenceSession(str(self.model_dir / ONNX_NAME), options,
-                                                 providers=["CPUExecutionProvider"])
+            self.threads = max(1, int(threads))
+            self._session = self._new_session(self.threads)
+            self._solo_session = None  # every core, for a worker answering alone (`prepare_solo`)
+            self._solo = False
         except (OSError, ValueError, KeyError, RuntimeError) as e:  # onnxruntime raises its own RuntimeError subclasses
             raise ModelError(f"ONNX 编码器 {self.model_dir} 无法加载（{type(e).__name__}: {e}）。{REBUILD_HINT}。") from None
         # The table may have more rows than pieces (the model's vocabulary is padded), never fewer.
         if self._table.shape != (manifest["vocab_size"], self.dim) or self.tokenizer.size > manifest["vocab_size"]:
             raise ModelError(f"ONNX 编码器 {self.model_dir} 的词表与嵌入表不一致。{REBUILD_HINT}。")
+
+    def _new_session(self, threads: int, spinning: bool = True):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        if not spinning:
+            # Its threads sleep as soon as a question is embedded: the other workers need the cores.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(self.model_dir / ONNX_NAME), options, providers=["CPUExecutionProvider"])
+
+    def prepare_solo(self, cores: int) -> bool:
+        """A second session over ``cores`` threads, for questions a worker answers while every
+        other worker is idle (`use_solo`): one client of `serve --workers 2` on 2 cores then gets
+        both cores, not one. ~55 MB more (the 4-bit weights are unpacked per session). False when
+        this encoder already uses that many threads."""
+        if cores <= self.threads:
+            return False
+        if self._solo_session is None:
+            try:
+                self._solo_session = self._new_session(cores, spinning=False)
+            except (OSError, RuntimeError) as e:
+                raise ModelError(f"ONNX 编码器 {self.model_dir} 无法加载（{type(e).__name__}: {e}）。{REBUILD_HINT}。") from None
+        return True
+
+    def use_solo(self, solo: bool) -> None:
+        """Embed the next questions on every core (True) or on this encoder's share (False).
+        For a worker process, which answers one question at a time."""
+        self._solo = bool(solo) and self._solo_session is not None
 
     def token_ids(self, text: str) -> list[int]:
         pieces = self.tokenizer.encode(text)
@@ -360,7 +387,8 @@ class OnnxEncoder:
             tokens[i, : len(row)] = row
             mask[i, : len(row)] = 1
         embeds = self._table.rows(tokens)
-        return self._session.run(None, {"inputs_embeds": embeds, "attention_mask": mask})[0]
+        session = self._solo_session if self._solo else self._session
+        return session.run(None, {"inputs_embeds": embeds, "attention_mask": mask})[0]
 
     def _encode(self, texts: list[str], prefix: str, threads: int) -> np.ndarray:
         if not texts:

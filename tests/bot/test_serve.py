@@ -228,3 +228,49 @@ def test_a_worker_killed_under_load_is_replaced_and_no_request_fails(server):
         time.sleep(0.3)
     assert after["replaced"] >= 1 and len(after["worker_pids"]) == 2, after
     assert before["worker_pids"][0] not in after["worker_pids"]
+
+
+class _FakeWorkerConn:
+    """A worker's end of the pipe that records what it was sent and answers when released."""
+
+    def __init__(self):
+        self.sent: list[dict] = []
+        self.release = threading.Event()
+
+    def send_bytes(self, payload: bytes) -> None:
+        self.sent.append(json.loads(payload))
+
+    def poll(self, timeout=None) -> bool:
+        return self.release.wait(timeout)
+
+    def recv_bytes(self) -> bytes:
+        return json.dumps({"ok": {"answer": "ok"}}).encode("utf-8")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_request_is_marked_alone_only_while_no_other_is_being_answered():
+    """The worker may use every core only when no other worker is busy (`OnnxEncoder.use_solo`)."""
+    from bot.api import AskRequest
+    from bot.serve import AnswerPool, _Worker
+
+    pool = AnswerPool(0)
+    first, second = _FakeWorkerConn(), _FakeWorkerConn()
+    pool._add(_Worker(None, first))
+    pool._add(_Worker(None, second))
+    waiting = threading.Thread(target=pool.ask, args=(AskRequest("问题一"),))
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while not first.sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second.release.set()
+    assert pool.ask(AskRequest("问题二")) == {"answer": "ok"}  # sent while the first is still answered
+    first.release.set()
+    waiting.join(timeout=10)
+    assert [m["alone"] for m in first.sent] == [True]
+    assert [m["alone"] for m in second.sent] == [False]
+    assert first.sent[0]["ask"]["question"] == "问题一" and second.sent[0]["ask"]["question"] == "问题二"
+    pool.ask(AskRequest("问题三"))  # nothing else in flight now
+    (third,) = [m for m in first.sent + second.sent if m["ask"]["question"] == "问题三"]
+    assert third["alone"] is True

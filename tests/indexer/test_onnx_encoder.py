@@ -292,3 +292,17 @@ def test_encoder_threads_share_the_cores_among_the_answer_processes(settings, mo
     assert threads(encoder_threads=0, workers=2) == 2
     assert threads(encoder_threads=0, workers=8) == 1   # more workers than cores: never 0
     assert threads(encoder_threads=3, workers=2) == 3   # a number in the settings is taken as it is
+
+
+def test_a_worker_alone_embeds_on_every_core_and_gets_the_same_vector(onnx_encoder, settings):
+    encoder = OnnxEncoder(onnx_encoder.model_dir, settings.query_prefix, settings.passage_prefix, threads=1)
+    assert not encoder.prepare_solo(1)  # already every core it was given
+    assert encoder.prepare_solo(2)
+    question = "KIT exon 9突变的转移性GIST一线用多少伊马替尼？"
+    shared = encoder.encode_queries([question])[0]
+    encoder.use_solo(True)
+    assert encoder._solo
+    alone = encoder.encode_queries([question])[0]
+    encoder.use_solo(False)
+    assert not encoder._solo
+    assert float(shared @ alone) > 0.99999
