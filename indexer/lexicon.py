@@ -95,13 +95,16 @@ class Matcher:
     def __init__(self, entries: dict[str, tuple[str, ...]]):
         pairs = [(term, key) for key, terms in entries.items() for term in terms]
         pairs.sort(key=lambda p: -len(p[0]))
-        self._patterns = [(_term_pattern(t), t, k, _required_literal(t)) for t, k in pairs]
+        self._terms = [(t, k, _required_literal(t)) for t, k in pairs]
+        # Compiled on first use: ~500 term regexes cost ~0.25 s of a fresh `gistqa ask`, which
+        # meets a few dozen of them (a benign race: two threads compile the same pattern).
+        self._compiled: list[re.Pattern | None] = [None] * len(pairs)
         # ~400 patterns, of which a text holds a handful: a term is only tried when its literal's
         # first character is in the text and the literal itself is (a substring test at C speed).
         # An answer went from ~2,400 regex scans to a few dozen.
         self._by_first: dict[str, list[int]] = {}
         self._always: list[int] = []
-        for i, (_p, _t, _k, literal) in enumerate(self._patterns):
+        for i, (_t, _k, literal) in enumerate(self._terms):
             if literal is None:
                 self._always.append(i)
             else:
@@ -110,21 +113,28 @@ class Matcher:
     def _candidates(self, text: str):
         """Indices of the patterns that can match ``text``, longest term first."""
         if not _lowers_like_re(text):
-            return range(len(self._patterns))
+            return range(len(self._terms))
         lowered = text.lower()
         chosen = set(self._always)
         for ch in set(lowered):
             for i in self._by_first.get(ch, ()):
-                if self._patterns[i][3] in lowered:
+                if self._terms[i][2] in lowered:
                     chosen.add(i)
         return sorted(chosen)
+
+    def pattern(self, i: int) -> re.Pattern:
+        """The regex of term ``i`` (in longest-first order)."""
+        compiled = self._compiled[i]
+        if compiled is None:
+            compiled = self._compiled[i] = _term_pattern(self._terms[i][0])
+        return compiled
 
     def find(self, text: str) -> list[Match]:
         taken = bytearray(len(text))
         found: list[Match] = []
         for i in self._candidates(text):
-            pattern, term, key, _literal = self._patterns[i]
-            for m in pattern.finditer(text):
+            term, key, _literal = self._terms[i]
+            for m in self.pattern(i).finditer(text):
                 if any(taken[m.start() : m.end()]):
                     continue
                 taken[m.start() : m.end()] = b"\x01" * (m.end() - m.start())

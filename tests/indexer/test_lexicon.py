@@ -36,8 +36,8 @@ def _every_regex(matcher, text):
     from indexer.lexicon import Match
 
     taken, found = bytearray(len(text)), []
-    for pattern, term, key, _literal in matcher._patterns:
-        for m in pattern.finditer(text):
+    for i, (term, key, _literal) in enumerate(matcher._terms):
+        for m in matcher.pattern(i).finditer(text):
             if not any(taken[m.start():m.end()]):
                 taken[m.start():m.end()] = b"\x01" * (m.end() - m.start())
                 found.append(Match(key, m.start(), m.end(), term))
