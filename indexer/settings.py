@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     # (sentence-transformers). A model named in model_path always runs on torch.
     encoder: Literal["onnx", "torch"] = "onnx"
     # int8 weights (per channel) for the ONNX encoder: ~1.7x as fast, but query cosine to the exact
-    # model falls to 0.988, strict answer accuracy 0.969 -> 0.965 (0.9646) and hit@5 0.967 -> 0.963, so not
-    # the default (docs/scaling.md).
+    # model falls to 0.988, strict answer accuracy 0.969 -> 0.9646 and hit@5 0.967 -> 0.963, so it
+    # is not the default (docs/scaling.md).
     encoder_int8: bool = False
     # Threads one question's embedding may use; 0 = the cores this process may use divided by the
     # answer processes (`workers`): `gistqa ask`/`eval` and a one-process server get every core
