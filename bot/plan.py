@@ -551,6 +551,20 @@ def _topic_for(dm: DocumentMap, group: str) -> Topic | None:
     return None
 
 
+# "还有什么建议" / "其他需要注意的" / "what else": the question asks past the headline, so the
+# recommendation is quoted through its last sentence, not only through the one naming the dose.
+MORE_ASKED = re.compile(r"还有(什么|哪些|别的|其他|没有|吗|呢)|其他(的)?(建议|推荐|注意|要求)|另外|此外|除此之外|"
+                        r"除了.{0,12}(还|以外|之外)|what else|anything else|other (recommendation|advice)", re.I)
+
+
+def _through_paragraph(index: StoredIndex, rows: list[int]) -> list[int]:
+    """``rows`` extended through the rest of their line of the paragraph (one quote, never past a line break)."""
+    last = rows[-1]
+    while joinable(index, last, last + 1):
+        last += 1
+    return list(range(rows[0], last + 1))
+
+
 def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap, settings: tuple[str, ...],
                 compare: bool, lexicon: Lexicon, plan: Plan) -> list[Block]:
     """What to do: the panel's recommendation of the setting's topic, whole, then the guideline
@@ -582,6 +596,10 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
                 continue
         panel = Block(panel_row, rec, "lead" if not blocks else "setting", label=GROUP_LABELS[g] if per_setting else "",
                       why="the panel's recommendation of the setting's topic")
+        if MORE_ASKED.search(to_simplified(query.text)) and len(whole := _through_paragraph(index, rec)) > len(rec):
+            panel.sentences = whole
+            panel.why += ", through its last sentence (the question asks what else)"
+            rec = whole
         if per_setting:
             blocks.append(panel)
             continue
@@ -678,6 +696,8 @@ def asked_terms(query: Query, lexicon: Lexicon, doses: bool = True) -> set[str]:
     # The words that ask ("剂量", "比例", "为什么") say what kind of answer is wanted, not which
     # sentence gives it ("辅助用药剂量" must not pick the NCCN sentence on 用药剂量).
     spans += [(m.start, m.end) for m in lexicon.attribute_matches(text)]
+    # "还有其他建议吗" asks for more; it names nothing ("其他" must not pick "全球其他权威指南").
+    spans += [m.span() for m in MORE_ASKED.finditer(text)]
     for start, end in sorted(spans, reverse=True):
         text = text[:start] + " " * (end - start) + text[end:]
     for cue in (query.reading.setting.cues if query.reading else ()):

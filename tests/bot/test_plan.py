@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from bot.plan import MAX_BLOCKS
 
 ADJUVANT_PANEL = "不建议KIT外显子9突变患者接受高剂量伊马替尼辅助治疗"
@@ -165,3 +167,23 @@ def test_a_bare_vote_follow_up_after_a_dose_question_quotes_the_dose_vote(bot):
     assert bare.vote is not None and bare.vote.number == 2
     named = bot.answer("那800 mg不优于400 mg的投票呢？", history=[dose])
     assert named.vote is not None and named.vote.number == 3
+
+
+@pytest.mark.parametrize("question", [
+    "专家组对转移性exon 9患者剂量调整还有什么建议？",
+    "转移性患者一线治疗，除了高剂量，还有其他建议吗？",
+    "What else does the panel advise on the imatinib dose for metastatic exon 9 GIST?",
+])
+def test_asking_what_else_quotes_the_recommendation_through_its_last_sentence(bot, question):
+    """"还有什么建议": the panel's recommendation leads, whole paragraph, so the individual dose
+    adjustment after the headline is there; "其他" does not pick "全球其他权威指南"."""
+    result = bot.answer(question)
+    lead = result.quotes[0].text
+    assert lead.startswith("我们推荐") and "首选方案" in lead and "个体化调整伊马替尼剂量" in lead
+    assert not any("全球其他权威指南" in q.text for q in result.quotes)
+
+
+def test_the_recommendation_stops_at_its_dose_sentence_when_nothing_more_is_asked(bot):
+    for question in ("KIT exon 9突变的转移性GIST一线用多少伊马替尼？", "转移性exon 9患者一线治疗专家组推荐什么？"):
+        (panel,) = [q.text for q in bot.answer(question).quotes if q.text.startswith("我们推荐")]
+        assert panel.endswith("首选方案。"), question
