@@ -201,8 +201,9 @@ class AnswerPool:
         raise AssertionError("unreachable")
 
     def pids(self) -> list[int]:
+        """The live workers' pids (a dead one is left out until its replacement has started)."""
         with self._lock:
-            return [w.pid for w in self._workers if w.pid is not None]
+            return [w.pid for w in self._workers if w.pid is not None and w.process.is_alive()]
 
     def close(self) -> None:
         self._closed = True
