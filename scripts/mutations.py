@@ -196,6 +196,22 @@ MUTATIONS: tuple[Mutation, ...] = (
          "tests/indexer/test_onnx_encoder.py::test_a_changed_file_is_hashed_again_even_with_a_stale_stamp"),
     ),
     Mutation(
+        "prefilter-trusts-lower", "the lexicon finds what its regexes find",
+        # The substring prefilter trusted for texts whose letters re.IGNORECASE equates otherwise ("ſ", "İ").
+        (Edit("indexer/lexicon.py",
+              "    return text.isascii() or all(ch.isascii() or ch.lower() == ch.upper() for ch in text)\n",
+              "    return True\n"),),
+        ("tests/indexer/test_lexicon.py::test_the_substring_prefilter_finds_what_every_regex_finds",),
+    ),
+    Mutation(
+        "q4-not-checked", "4-bit weights are the model's own",
+        # Any matrix written as 4-bit blocks, whether or not they hold its values.
+        (Edit("indexer/onnx_encoder.py",
+              "    if not np.array_equal((q.astype(np.float32) - 8) * scale[..., None], blocks):\n",
+              "    if False:\n"),),
+        ("tests/indexer/test_onnx_encoder.py::test_4bit_blocks_refuse_a_matrix_they_cannot_hold_exactly",),
+    ),
+    Mutation(
         "api-history-unchecked", "bad API input gets a 4xx, never a traceback",
         (Edit("bot/api.py",
               "    if not isinstance(history, list) or not all(isinstance(h, str) for h in history):\n",
