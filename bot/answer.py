@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 from bot.compose import CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS, asks_about_literature, judge_coverage, question_slots
 from bot.plan import GROUP_LABELS, GROUP_OF, DocumentMap, Plan, allowed, document_map, plan_answer
 from bot.setting import SETTING_LABELS, TOPIC_SHORT
@@ -42,6 +41,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from indexer.store import IndexError_
 
     return (QuestionError, IndexError_, ModelError, BuildBusy)
+
+
 # Asked once by `Bot.warm_up`: one question per setting, a vote, a reference, English, a follow-up
 # (what each touches is built once; the answers are thrown away and change nothing).
 WARM_UP_QUESTIONS = ("转移性KIT 9号外显子突变患者一线伊马替尼怎么用？", "术后辅助治疗的剂量有投票结果吗？",
@@ -149,13 +150,10 @@ class Bot:
         """Pay now what the first questions would otherwise pay (a server does this before it
         says it is ready; `gistqa ask` answers one question and does not): the index and the
         encoder, the corpus-wide sentence frequencies, and the lazily built tables of analysis,
-        plan and composer. Measured: the first question took 254 ms and the second 58 ms after a
-        bare load, against ~20 ms once warm."""
-        from bot.compose import term_weights
-
-        index = self._ensure_loaded()
+        plan and composer (the first answer builds the sentence frequencies, ~130 ms). Measured:
+        the first question took 254 ms and the second 58 ms after a bare load, ~20 ms once warm."""
+        self._ensure_loaded()
         self.embedder().encode_queries(["预热"])
-        term_weights(index, set())  # every sentence normalised once: the first question's ~130 ms
         for question in WARM_UP_QUESTIONS:
             self.answer(question)
         if self.settings.writer == "llm":

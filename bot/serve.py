@@ -59,7 +59,6 @@ def answer_request(bot, request: AskRequest) -> dict:
 def _worker_main(conn) -> None:
     """A worker: load the bot, say ready, then answer JSON requests until the pipe closes."""
     from bot.answer import Bot
-
     from indexer.embed import usable_cores
 
     try:

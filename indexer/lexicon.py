@@ -96,12 +96,11 @@ class Matcher:
         pairs = [(term, key) for key, terms in entries.items() for term in terms]
         pairs.sort(key=lambda p: -len(p[0]))
         self._terms = [(t, k, _required_literal(t)) for t, k in pairs]
-        # Compiled on first use: ~500 term regexes cost ~0.25 s of a fresh `gistqa ask`, which
-        # meets a few dozen of them (a benign race: two threads compile the same pattern).
+        # ~500 terms, of which a text holds a handful: a term is only tried when its literal's
+        # first character is in the text and the literal itself is (a substring test at C speed);
+        # an answer went from ~3,400 regex scans to a few dozen. Regexes are compiled on first use
+        # (all of them cost ~0.25 s of a fresh `gistqa ask`; a benign race: two threads compile one).
         self._compiled: list[re.Pattern | None] = [None] * len(pairs)
-        # ~400 patterns, of which a text holds a handful: a term is only tried when its literal's
-        # first character is in the text and the literal itself is (a substring test at C speed).
-        # An answer went from ~2,400 regex scans to a few dozen.
         self._by_first: dict[str, list[int]] = {}
         self._always: list[int] = []
         for i, (_t, _k, literal) in enumerate(self._terms):

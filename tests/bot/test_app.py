@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import launch
 
 REPO = Path(__file__).resolve().parents[2]
 GISTQA = REPO / ".venv" / "bin" / "gistqa"
@@ -30,12 +31,6 @@ Q_RELAPSE = "辅助治疗期间复发应该怎么办？"
 Q_NOT_COVERED = "肺癌患者的化疗方案是什么？"
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
 ANSWER_TIMEOUT_MS = 30_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +62,7 @@ def app_url(cli_runs, bot, feedback_file):
     from bot.app import build_app, page_mount_options
 
     demo = build_app(bot, feedback_path=feedback_file)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-                            **page_mount_options())
-    yield url
+    yield launch(demo, **page_mount_options())
     demo.close()
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import launch
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "test-output" / "screenshots"
@@ -32,20 +33,12 @@ Q_NOT_COVERED = "肺癌患者的化疗方案是什么？"
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def page_url(bot, tmp_path_factory):
     from bot.app import build_app, page_mount_options
 
     demo = build_app(bot, feedback_path=tmp_path_factory.mktemp("fb") / "feedback.jsonl")
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
-                            quiet=True, **page_mount_options())
-    yield url
+    yield launch(demo, **page_mount_options())
     demo.close()
 
 

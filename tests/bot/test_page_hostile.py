@@ -11,12 +11,12 @@ panel builder in bot/app.py makes these tests fail.
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
 from tests.bot.test_page import CHROMIUM, CHROMIUM_ARGS, SHOTS
+from tests.conftest import launch
 
 pytestmark = pytest.mark.browser
 
@@ -79,11 +79,7 @@ def hostile_page(hostile_bot, tmp_path_factory):
     # Follow-ups are built from templates; to test their panel, one carries markup.
     mp.setattr(app, "suggest_followups", lambda *a, **k: [FOLLOWUP_MARKUP])
     demo = app.build_app(hostile_bot, feedback_path=tmp_path_factory.mktemp("fb") / "f.jsonl")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                            **app.page_mount_options())
+    url = launch(demo, **app.page_mount_options())
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

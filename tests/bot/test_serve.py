@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bot.api import MAX_BODY_BYTES, ApiError, parse_ask
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 GISTQA = REPO / ".venv" / "bin" / "gistqa"
@@ -28,15 +29,9 @@ Q_FOLLOW = "这部分是谁写的？"  # only the history says which part
 START_TIMEOUT_S = 180
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(built_index):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.Popen([str(GISTQA), "serve", "--port", str(port), "--workers", "2"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

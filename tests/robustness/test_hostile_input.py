@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from bot.query import QuestionError
 from bot.verify import QUOTE_SPAN
 from indexer.store import current_build_dir, verify_files, read_manifest
+from tests.conftest import launch
 
 REPO = Path(__file__).resolve().parents[2]
 GISTQA = str(REPO / ".venv" / "bin" / "gistqa")
@@ -139,19 +139,12 @@ def test_python_api_prompt_injection_is_a_question_not_an_order(bot):
 
 
 # --- (iii) the chat page's HTTP API ---------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(bot, tmp_path_factory, cli_runs):
     from bot.app import build_app
 
     demo = build_app(bot, feedback_path=tmp_path_factory.mktemp("feedback") / "feedback.jsonl")
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
-    yield url
+    yield launch(demo)
     demo.close()
 
 

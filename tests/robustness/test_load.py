@@ -5,13 +5,14 @@ machine is shared. A question over `max_question_chars` gets the limit message a
 """
 from __future__ import annotations
 
-import socket
 import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import pytest
+
+from tests.conftest import launch
 
 REQUESTS = 50
 TOTAL_TIMEOUT_S = 300  # for all fifty together: a bound on the test, not a performance claim
@@ -29,19 +30,12 @@ QUESTIONS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(bot, tmp_path_factory):
     from bot.app import build_app
 
     demo = build_app(bot, feedback_path=tmp_path_factory.mktemp("feedback") / "feedback.jsonl")
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
-    yield url
+    yield launch(demo)
     demo.close()
 
 
