@@ -367,32 +367,33 @@ def test_phone_layout(browser, page_url):
 
 
 # --- bad input and faults ---------------------------------------------------------------------------
-def test_a_citation_whose_passage_is_gone_says_so(page):
+def _reader_note_for_altered_source(page, alter: str) -> str:
+    """Answer, change the first source's data with the script ``alter``, open it in the reader:
+    the reader's note."""
     ask(page, Q_ADJUVANT)
     entry = last_answer(page).locator(".gq-src").first
-    # An old chat after a rebuild: the passage and offsets it names no longer exist.
-    entry.evaluate("""(e) => { e.dataset.pid = 'consensus#p999'; e.dataset.s = '999990'; e.dataset.e = '999999';
-                               e.dataset.build = 'old-build'; e.dataset.text = '这句话已不在原文中'; }""")
+    entry.evaluate(alter)
     last_answer(page).locator(".gq-srclist").evaluate("(d) => d.open = true")
     entry.evaluate("(d) => d.open = true")
     entry.locator(".gq-open-reader").click()
     note = page.locator("#gq-reader .gq-reader-note")
     note.wait_for(state="visible", timeout=5_000)
-    assert "已找不到" in note.inner_text() and "这句话已不在原文中" in note.inner_text()
+    return note.inner_text()
+
+
+def test_a_citation_whose_passage_is_gone_says_so(page):
+    # An old chat after a rebuild: the passage and offsets it names no longer exist.
+    note = _reader_note_for_altered_source(page, """(e) => {
+        e.dataset.pid = 'consensus#p999'; e.dataset.s = '999990'; e.dataset.e = '999999';
+        e.dataset.build = 'old-build'; e.dataset.text = '这句话已不在原文中'; }""")
+    assert "已找不到" in note and "这句话已不在原文中" in note
     assert page.locator("#gq-reader mark.gq-hl").count() == 0
     shot(page, "stale-citation")
 
 
 def test_a_reader_request_for_an_unknown_document_says_so(page):
-    ask(page, Q_ADJUVANT)
-    entry = last_answer(page).locator(".gq-src").first
-    entry.evaluate("(e) => { e.dataset.doc = 'ref-99'; }")
-    last_answer(page).locator(".gq-srclist").evaluate("(d) => d.open = true")
-    entry.evaluate("(d) => d.open = true")
-    entry.locator(".gq-open-reader").click()
-    note = page.locator("#gq-reader .gq-reader-note")
-    note.wait_for(state="visible", timeout=5_000)
-    assert "找不到文档" in note.inner_text() and "ref-99" in note.inner_text()
+    note = _reader_note_for_altered_source(page, "(e) => { e.dataset.doc = 'ref-99'; }")
+    assert "找不到文档" in note and "ref-99" in note
 
 
 def test_a_very_long_question_ends_in_a_clear_message(page, bot):
