@@ -45,6 +45,12 @@ ITEM_NUMBER = re.compile(r"第\s*([一二三四五六七八九]|\d)\s*(?:项|题
 COMPARE_WORDS = re.compile(r"区别|不同|差别|差异|相比|比较|对比|分别|compare|differ|versus|vs")
 SPECIFIC_MARGIN = 0.15  # a sentence of the setting leads over its recommendation when it holds this much more of the question's wording
 VOTE_OPTION_WEIGHT = 1.0  # an option repeated in the question marks its item
+# "哪道题分歧最大" / "意见最一致的是哪项": the item is chosen by its own figures, not its wording.
+# Divided = the smallest majority (the largest option's share is lowest); agreed = the largest.
+VOTE_MOST_DIVIDED = re.compile(r"分歧(最大|最多|最明显)|争议最大|(意见|看法|观点|投票)最(不统一|分散|不一致)|最不(一致|统一)|"
+                               r"共识(度)?最(低|弱)|most (divided|split|disputed|contested)|least (agreement|consensus)", re.I)
+VOTE_MOST_AGREED = re.compile(r"(意见|看法|观点|投票)?最(一致|统一)|共识(度)?最(高|强)|分歧最小|争议最小|"
+                              r"most (agreed|agreement|consensus|unanimous)|(strongest|highest) (agreement|consensus)", re.I)
 # "那专家投票呢？" after "辅助治疗用多少剂量？": a bare follow-up asks how the panel voted on what the
 # earlier question asked, what to do; so the items that ask what to do (…剂量应为： / …应选择：) are
 # chosen from, not one asking agreement with a study finding, in the same setting.
@@ -509,6 +515,15 @@ def _vote(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap,
         pool = [r for r in pool if VOTE_DECISION.search(index.passages[r].vote.question)] or pool
     best = max(pool, key=lambda r: _vote_score(dummy[r], query, lexicon, best_fused, best_dense)
                + VOTE_OPTION_WEIGHT * option_named(r))
+    text = to_simplified(query.text)
+    divided, agreed = VOTE_MOST_DIVIDED.search(text), VOTE_MOST_AGREED.search(text)
+    if divided or agreed:
+        majority = {row: max(o.percent for o in p.vote.options) for row, p in votes}
+        target = (min if divided else max)(majority.values())
+        kind = "most divided" if divided else "most agreed"
+        # Every item at that figure, in table order (two at most: 表1 has 86% twice).
+        return [Block(row, [], "vote", why=f"the {kind} item: its largest option has {target}%")
+                for row, _ in votes if majority[row] == target][:2]
     m = ITEM_NUMBER.search(query.text)
     if m:  # "表1第3项": the item named by its number
         g = m.group(1) or m.group(2)
@@ -731,10 +746,14 @@ def guideline_named(query: Query, lexicon: Lexicon) -> set[str]:
 
 
 def _named_guideline_sentences(index: StoredIndex, topic: Topic, query: Query, lexicon: Lexicon) -> list[int]:
-    """One guideline sentence of the topic per non-CSCO guideline the question names (the ones it
-    names itself first: "那西班牙指南呢" after an ESMO question is about the Spanish one)."""
-    own = {c for c in query.concepts if lexicon.concepts[c].type == "guideline"} - {"csco"}
-    named = own or (guideline_named(query, lexicon) - {"csco"})
+    """One guideline sentence of the topic per guideline the question names (the ones it names
+    itself first: "那西班牙指南呢" after an ESMO question is about the Spanish one). CSCO alone is
+    not here (its sentence is the topic's dose sentence); beside another ("CSCO、NCCN、ESMO有何
+    不同") it is one of those compared."""
+    own = {c for c in query.concepts if lexicon.concepts[c].type == "guideline"}
+    named = own or guideline_named(query, lexicon)
+    if not named - {"csco"}:
+        return []
     rows: list[int] = []
     for g in sorted(named):
         for row in topic.rows.get("guideline", []):

@@ -187,3 +187,27 @@ def test_the_recommendation_stops_at_its_dose_sentence_when_nothing_more_is_aske
     for question in ("KIT exon 9突变的转移性GIST一线用多少伊马替尼？", "转移性exon 9患者一线治疗专家组推荐什么？"):
         (panel,) = [q.text for q in bot.answer(question).quotes if q.text.startswith("我们推荐")]
         assert panel.endswith("首选方案。"), question
+
+
+@pytest.mark.parametrize("question, item, figure", [
+    ("表1里专家分歧最大的是哪道题？", 4, "43%"),
+    ("Which vote item was the most divided?", 4, "43%"),
+    ("专家投票中意见最一致的是哪一项？", 1, "86%"),
+])
+def test_the_most_divided_or_agreed_vote_item_is_chosen_by_its_figures(bot, question, item, figure):
+    """表1's item 4 splits 43/29/14/14 (the smallest majority); items 1 and 2 share the largest, 86%."""
+    a = bot.answer(question)
+    assert a.vote is not None and a.vote.number == item
+    assert figure in a.answer
+    if item == 1:  # both items at 86%, in table order
+        assert "应接受伊马替尼辅助治疗的剂量应为" in a.answer
+
+
+def test_guidelines_compared_include_csco_when_it_is_named_beside_others(bot):
+    a = bot.answer("CSCO、NCCN、ESMO对exon 9辅助剂量的说法有何不同？")
+    texts = [q.text for q in a.quotes]
+    assert any("CSCO 指南 2024 版建议" in t for t in texts)
+    assert any("NCCN指南的推荐较为相似" in t for t in texts) and any("ESMO 指南指出" in t for t in texts)
+    # CSCO alone is still its own question: the dose sentence, not a comparison.
+    alone = bot.answer("CSCO指南对辅助剂量怎么说？")
+    assert "CSCO 指南 2024 版建议" in alone.quotes[0].text and "ESMO" not in alone.answer
