@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.compose import CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS, asks_about_literature, judge_coverage, question_slots
+from bot.compose import CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS, Coverage, asks_about_literature, judge_coverage, question_slots
+from bot.decide import REASON_TEXT, apply_reading, fallback_blocks, refuses, relead, rule_view
+from bot.learn import LearnedArtefactError, LearnedModel, denoise, unsupported_language
+from bot.split import join_answers, split_questions
 from bot.plan import GROUP_LABELS, GROUP_OF, DocumentMap, Plan, allowed, document_map, plan_answer
 from bot.setting import SETTING_LABELS, TOPIC_SHORT
 from bot.query import Query, analyse
@@ -40,7 +43,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from indexer.e5_model import ModelError
     from indexer.store import IndexError_
 
-    return (QuestionError, IndexError_, ModelError, BuildBusy)
+    return (QuestionError, IndexError_, ModelError, BuildBusy)  # LearnedArtefactError is an IndexError_
 
 
 # Asked once by `Bot.warm_up`: one question per setting, a vote, a reference, English, a follow-up
@@ -101,6 +104,11 @@ class Bot:
         # the next trainee. The encoder is fixed for a Bot (the index check refuses another one).
         self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._query_vectors_lock = threading.Lock()
+        # The learned decisions for the loaded build (bot/learn.py); `use_model` sets one trained
+        # elsewhere (leave-one-author-out evaluation).
+        self._learned: LearnedModel | None = None
+        self._learned_for: str = ""
+        self._model_override: LearnedModel | None = None
 
     # --- loading ---------------------------------------------------------------------------
     def _ensure_loaded(self) -> StoredIndex:
@@ -139,6 +147,44 @@ class Bot:
                 f"请运行 `gistqa index --rebuild`，或改回建索引时的模型 (the index was built with another model)."
             )
 
+    def learned_model(self) -> LearnedModel | None:
+        """The models trained on the question bank for the loaded index build; None when the
+        settings ask for the rules alone. Missing or damaged: LearnedArtefactError (with the
+        command that rebuilds it), never a silent fall back to the rules."""
+        if self._model_override is not None:
+            return self._model_override
+        if self.settings.decisions == "rules":
+            return None
+        from bot.learn import load_model
+        from bot.train import bank_checksum, learned_dir, train
+        from evals.bank import bank_files
+
+        index = self._ensure_loaded()
+        if not bank_files(self.settings.bank_dir):
+            raise LearnedArtefactError(f"问题库为空或不存在: {self.settings.bank_dir}；"
+                                       f"设置 decisions = \"rules\" 或补回问题库 (the question bank is missing)")
+        key = index.build_dir.name
+        if self._learned is not None and self._learned_for == key:
+            return self._learned
+        with self._lock:
+            folder = learned_dir(self.settings, key, bank_checksum(self.settings.bank_dir),
+                                 self.settings.decisions == "combined")
+            if not folder.is_dir() and self.auto_build:
+                train(self.settings)
+            if not folder.is_dir():
+                raise LearnedArtefactError(f"没有与当前索引和问题库相符的学习模型: {folder}. 运行 `gistqa index` 训练 "
+                                           f"(no learned model for this index and question bank: run `gistqa index`)")
+            model = load_model(folder)
+            for u in model.units:  # trained on this build's rows: check they still say the same
+                if u.kind == "sentence" and (u.row >= len(index.sentences) or index.sentences[u.row].text != u.text):
+                    raise LearnedArtefactError(f"学习模型与索引不符: {folder}. 运行 `gistqa index` (the learned model is for another index)")
+            self._learned, self._learned_for = model, key
+            return model
+
+    def use_model(self, model: LearnedModel | None) -> None:
+        """Answer with this learned model (trained on some authors only) instead of the stored one."""
+        self._model_override = model
+
     def embedder(self):
         if self._embedder is None:
             from indexer.embed import get_embedder
@@ -153,6 +199,7 @@ class Bot:
         plan and composer (the first answer builds the sentence frequencies, ~130 ms). Measured:
         the first question took 254 ms and the second 58 ms after a bare load, ~20 ms once warm."""
         self._ensure_loaded()
+        self.learned_model()
         self.embedder().encode_queries(["预热"])
         for question in WARM_UP_QUESTIONS:
             self.answer(question)
@@ -178,14 +225,49 @@ class Bot:
                     self._query_vectors.popitem(last=False)
         return vec
 
+    def prefill_query_vectors(self, texts: list[str]) -> None:
+        """Embed many questions in batches into the recent vectors (training embeds the bank)."""
+        # Sorted by length: a batch is padded to its longest text, so like lengths batch together.
+        missing = sorted(dict.fromkeys(t for t in texts if t not in self._query_vectors), key=len)
+        if not missing:
+            return
+        vecs = self.embedder().encode_queries(missing)
+        with self._query_vectors_lock:
+            for t, v in zip(missing, vecs):
+                v.setflags(write=False)
+                self._query_vectors[t] = v
+            while len(self._query_vectors) > max(self.settings.query_cache_size, len(missing)):
+                self._query_vectors.popitem(last=False)
+
     def forget_query_vectors(self) -> None:
         """Empty the recent query vectors (a benchmark measuring the model's own time)."""
         with self._query_vectors_lock:
             self._query_vectors.clear()
 
     # --- answering -------------------------------------------------------------------------
+    def analyse(self, question: str, history: list[str] | None = None, scope: str | None = None) -> Query:
+        """The rules' reading of a question (no embedding, no retrieval)."""
+        index = self._ensure_loaded()
+        return analyse(denoise(question) if isinstance(question, str) else question,
+                       [denoise(h) if isinstance(h, str) else h for h in (history or [])], self.lexicon,
+                       self._corpus_norm, self.settings.max_question_chars, self._corpus_text,
+                       self._scope_concepts[scope or self.settings.scope], document_map(index).author_names)
+
+    def rule_view(self, query: Query, scope: str | None = None):
+        """What the rules decide of an analysed question (the combined model's rule columns) and its vector."""
+        found = self.search(query.raw, query.history, scope, query=query)
+        coverage = self._coverage(found)
+        return rule_view(found.query, coverage), found.qvec
+
+    def _coverage(self, found: "Search", lenient: bool = False):
+        dm = document_map(found.index)
+        settings = found.query.reading.setting.settings if found.query.reading else ()
+        setting_rows = tuple(row for row, topic in dm.topic_of_row.items() if set(topic.settings) & set(settings))
+        return judge_coverage(found.index, found.query, found.hits, found.qvec, self.lexicon,
+                              self._scope_concepts[found.scope], found.scope, setting_rows, lenient=lenient)
+
     def search(self, question: str, history: list[str] | None = None, scope: str | None = None,
-               timing: dict | None = None) -> "Search":
+               timing: dict | None = None, query: Query | None = None) -> "Search":
         """The question analysed and its passages ranked, as every answer starts (and as the
         LangChain retriever returns them): query analysis, query embedding, hybrid retrieval,
         scope (a question about the consensus itself searches the consensus only), sources."""
@@ -196,8 +278,7 @@ class Bot:
         dm = document_map(index)
         timing["load"] = (time.perf_counter() - t0) * 1000
         t = time.perf_counter()
-        query = analyse(question, history, self.lexicon, self._corpus_norm, self.settings.max_question_chars,
-                        self._corpus_text, self._scope_concepts[scope], dm.author_names)
+        query = query or self.analyse(question, history, scope)
         timing["analyse"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         qvec = self.query_vector(query.retrieval_text)
@@ -215,24 +296,65 @@ class Bot:
 
     def answer(self, question: str, history: list[str] | None = None, scope: str | None = None, *,
                detail: bool = False, stream: bool = False, llm_writer=None, passages_k: int | None = None) -> Answer:
-        """question -> analyse -> embed -> retrieve -> coverage -> plan -> writer -> verify.
-        The plan is built once; the extractive writer renders it, and the LLM writer (when the
-        settings name it) writes from the same plan's passages, with the extractive answer as its
-        fallback."""
+        """question -> analyse -> embed -> retrieve -> coverage -> decide -> plan -> writer -> verify.
+        A message holding two questions is split and each part answered (bot/split.py). The plan
+        is built once; the extractive writer renders it, and the LLM writer (when the settings name
+        it) writes from the same plan's passages, with the extractive answer as its fallback."""
+        if self.settings.decisions != "rules" and isinstance(question, str):
+            from bot.query import clean_question
+
+            parts = split_questions(denoise(clean_question(question, self.settings.max_question_chars)))
+            if len(parts) > 1:
+                t0 = time.perf_counter()
+                answers = [self._answer_one(part, list(history or []) + parts[:i], scope, detail=detail, passages_k=passages_k)
+                           for i, part in enumerate(parts)]
+                joined = join_answers(parts, answers)
+                if joined is not None:
+                    joined.timing_ms = {"total": round((time.perf_counter() - t0) * 1000, 2)}
+                    return joined
+        return self._answer_one(question, history, scope, detail=detail, stream=stream, llm_writer=llm_writer,
+                                passages_k=passages_k)
+
+    def _answer_one(self, question: str, history: list[str] | None = None, scope: str | None = None, *,
+                    detail: bool = False, stream: bool = False, llm_writer=None, passages_k: int | None = None) -> Answer:
         t0 = time.perf_counter()
         timing: dict[str, float] = {}
         found = self.search(question, history, scope, timing)
         index, query, qvec, hits, scope = found.index, found.query, found.qvec, found.hits, found.scope
         dm = document_map(index)
         t = time.perf_counter()
-        settings = query.reading.setting.settings if query.reading else ()
-        setting_rows = tuple(row for row, topic in dm.topic_of_row.items() if set(topic.settings) & set(settings))
-        coverage = judge_coverage(index, query, hits, qvec, self.lexicon, self._scope_concepts[scope], scope, setting_rows)
+        coverage = self._coverage(found)
+        model = self.learned_model()
+        decision = None
+        if unsupported_language(query.text):
+            coverage = Coverage([], [], None, True, REASON_TEXT["unsupported_language"])
+        elif model is not None:
+            decision = model.decide(query.text, query.history, qvec, rule_view(query, coverage), neighbours=True)
+            decision.refused = refuses(decision, coverage.refused)
+            if decision.refused:
+                if not coverage.refused:
+                    reason = decision.reason if decision.reason != "unsupported_language" else "not_covered"
+                    coverage = Coverage([], [], None, True, REASON_TEXT[reason])
+            elif apply_reading(query, decision) or coverage.refused:
+                coverage = self._coverage(found, lenient=True)
+        max_blocks = self.settings.max_quotes_detail if detail else self.settings.max_quotes
         plan = plan_answer(index, query, hits, coverage, self.lexicon, detail=detail, scope=scope,
                            max_blocks=self.settings.max_quotes, max_blocks_detail=self.settings.max_quotes_detail,
                            keep_ratio=self.settings.sentence_keep_ratio)
+        if decision is not None:
+            plan.explain.append(f"learned: p(refuse) {decision.p_refuse:.2f}" + (f" (refused: {decision.reason})" if decision.refused else "")
+                                + " · settings " + ", ".join(f"{s} {p:.2f}" for s, p in decision.settings.items() if p >= 0.1)
+                                + f" · facet {decision.facet} {decision.facet_p[decision.facet]:.2f}")
+            if not decision.refused and plan.refused and not coverage.refused:
+                blocks = fallback_blocks(plan, decision, model, index, dm, self.lexicon)
+                if blocks:
+                    plan.blocks, plan.refused, plan.reason = blocks, False, ""
+            if not plan.refused:
+                relead(plan, decision, model, index, dm, self.lexicon, max_blocks)
         timing["select"] = (time.perf_counter() - t) * 1000
         result = render(index, query, plan, hits, passages_k or self.settings.passages_returned, scope, timing)
+        if decision is not None:
+            result.explain["learned"] = decision.to_dict([u.text[:40] for u in model.units])
         timing["total"] = (time.perf_counter() - t0) * 1000
         result.timing_ms = {k: round(v, 2) for k, v in timing.items()}
         if self.settings.writer == "llm" and not result.refused:

@@ -63,6 +63,18 @@ def index(
         if bad:
             _fail(f"索引文件损坏: {', '.join(bad)}. 运行 `gistqa index --rebuild`")
         out.print(f"索引完好 (index intact): {build}")
+        if settings.decisions != "rules":
+            from bot.learn import read_learned_manifest, verify_learned
+            from bot.train import bank_checksum, learned_dir
+
+            folder = learned_dir(settings, build.name, bank_checksum(settings.bank_dir), settings.decisions == "combined")
+            try:
+                bad = verify_learned(folder, read_learned_manifest(folder), full=True)
+            except _user_errors() as e:
+                _fail(str(e))
+            if bad:
+                _fail(f"学习模型文件损坏: {', '.join(bad)}. 运行 `gistqa index` 重新训练")
+            out.print(f"学习模型完好 (learned model intact): {folder}")
         return
     from indexer.build import build_index
 
@@ -80,6 +92,32 @@ def index(
             f"新嵌入 {report.embedded}, 复用 {report.reused}; {report.seconds:.1f} s"
             + (f"; {report.embed_rate:.0f} 条/秒" if report.embedded else "")
         )
+    _train(settings, force=rebuild)
+
+
+def _train(settings, force: bool = False) -> None:
+    from bot.train import train as train_models
+    from evals.schema import EvalSetError
+
+    try:
+        report = train_models(settings, force=force)
+    except EvalSetError as e:
+        _fail(f"问题库有误 (the question bank has errors):\n{e}")
+    except _user_errors() as e:
+        _fail(str(e))
+    if report is None:
+        out.print("学习模型：未启用（decisions = rules）或问题库为空 (learned decisions off)")
+    elif report.noop:
+        out.print(f"学习模型已是最新 (learned model up to date): {report.folder}")
+    else:
+        out.print(f"学习模型已训练 (trained): {report.examples} 例, {report.authors} 位作者, {report.units} 个引用单元; "
+                  f"{report.seconds:.1f} s → {report.folder}")
+
+
+@app.command()
+def train(force: bool = typer.Option(False, "--force", help="即使已是最新也重新训练")) -> None:
+    """用问题库训练问题理解模型（`gistqa index` 会自动调用）(train the learned decisions on the bank)."""
+    _train(get_settings(), force=force)
 
 
 @app.command()
@@ -118,6 +156,25 @@ def ask(
                                  f"{c['sentence']}… 〔{c['place']}〕\n")
             for b in result.explain.get("blocks", []):
                 sys.stdout.write(f"引用 (quoted): {b['role']} {b['place']} — {b['why']}\n")
+            _explain_learned(result.explain)
+
+
+def _explain_learned(explain: dict) -> None:
+    """The learned decisions with their probabilities, and the nearest bank questions with their labels."""
+    for part in explain.get("parts", []):
+        sys.stdout.write(f"— 分问 (part): {part.get('question', '')}\n")
+        _explain_learned(part)
+    learned = explain.get("learned")
+    if not learned:
+        return
+    sys.stdout.write(f"学习判断 (learned): p(refuse) {learned['p_refuse']} (reason {learned['reason']}) · settings "
+                     + ", ".join(f"{k} {v}" for k, v in learned["settings"].items())
+                     + " · facet " + ", ".join(f"{k} {v}" for k, v in learned["facet_p"].items()) + "\n")
+    for u in learned.get("units", []):
+        sys.stdout.write(f"  lead unit {u['p']}: {u['unit']}…\n")
+    sys.stdout.write("最相近的问题库问题 (nearest bank questions):\n")
+    for n in learned.get("neighbours", []):
+        sys.stdout.write(f"  {n['cosine']} [{n['id']}] {n['expect']} · {'/'.join(n['settings']) or '-'} · {n['facet']} · {n['question']}\n")
 
 
 @app.command()
@@ -139,9 +196,23 @@ def evaluate(
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="基线文件（默认 evals/baseline.json）"),
     scope: Optional[str] = typer.Option(None, "--scope", help="all 或 consensus"),
     writer: Optional[str] = typer.Option(None, "--writer", help="extractive 或 llm"),
+    by_author: bool = typer.Option(False, "--by-author", help="问题库按作者留一评测：用其余作者训练，在该作者上测"),
+    mode: str = typer.Option("combined", "--mode", help="--by-author 的判断方式：combined / learned / rules"),
+    bank_set: Optional[Path] = typer.Option(None, "--bank-set", help="用已训练的模型首次评测一个新作者的问题集（问题库格式）"),
+    compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="比较两次评测结果 JSON：列出结论改变的问题"),
+    gate: Optional[Path] = typer.Option(None, "--gate", help="--by-author 的下限文件（如 evals/bank_baseline.json）"),
 ) -> None:
     """运行评测集并与基线比较 (run the evaluation set; non-zero exit below the baseline)."""
     from evals.runner import run_cli
+
+    if by_author or bank_set or compare:
+        from evals.by_author import run_cli as run_bank_eval
+
+        try:
+            code = run_bank_eval(by_author, mode, bank_set, compare, gate, out_dir)
+        except _user_errors() as e:
+            _fail(str(e))
+        raise typer.Exit(code)
 
     try:
         code = run_cli(set_file, out_dir, k, baseline, scope, writer)

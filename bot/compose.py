@@ -263,15 +263,18 @@ def _refuse(reason: str) -> Coverage:
 
 
 def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.ndarray, lexicon: Lexicon,
-                   scope_concepts: set[str], scope: str = "all", setting_rows: tuple[int, ...] = ()) -> Coverage:
+                   scope_concepts: set[str], scope: str = "all", setting_rows: tuple[int, ...] = (),
+                   lenient: bool = False) -> Coverage:
     """Is the question covered? Judged from the concepts and the values it asks about against what
     the passages state (baseline-findings §5), never from a similarity threshold. `setting_rows`:
     the passages of the clinical setting the question names, where its concepts may meet even when
-    a long vignette pulled retrieval elsewhere."""
+    a long vignette pulled retrieval elsewhere. `lenient`: the learned answerability decided that the
+    question is answered (bot/decide.py), so only "nothing was found" refuses; the candidates are
+    scored and filtered as usual."""
     # 1. Entities the corpus never mentions (a drug, gene, disease or setting it does not cover).
     absent = [lexicon.canonical(c) for c in sorted(query.asked) if c not in scope_concepts]
     unknown = absent + query.unknown_entities
-    if unknown:
+    if unknown and not lenient:
         # Names in “” (「」 is reserved for verbatim quotes of the source).
         named = "、".join(f"“{w}”" for w in unknown if not re.search(r"\d", w))
         what = f"问题中的{named}" if named else "问题中提到的药物、基因或突变类型"
@@ -279,7 +282,7 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
     # 1b. Concepts the corpus has, but never together: no passage speaks of all of them at once.
     together = [h.row for h in hits[:COOCCURRENCE_PASSAGES]] + list(setting_rows)
     meet_in_setting = bool(query.focal) and any(query.focal <= index.passage_concepts[r] for r in setting_rows)
-    if query.focal and not any(query.focal <= index.passage_concepts[r] for r in together):
+    if query.focal and not lenient and not any(query.focal <= index.passage_concepts[r] for r in together):
         names = "、".join(f"“{lexicon.canonical(c)}”" for c in sorted(query.focal) if not re.search(r"\d", lexicon.canonical(c)))
         return _refuse(f"本知识库没有同时涉及{names or '问题中这几个方面'}的内容")
     slots = question_slots(query)
@@ -314,20 +317,22 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
     foreign_word = any(placed[i:i + 2] in foreign and placed[i + 1:i + 3] in foreign for i in range(len(placed) - 2))
     bare_setting = bool(query.reading and query.reading.setting.specific) and (
         len(foreign) <= FOREIGN_SHARE * max(1, len(weights)) or not foreign_word)
-    if not has_subject and best_terms < 2 and not bare_setting:
+    if not has_subject and best_terms < 2 and not bare_setting and not lenient:
         return _refuse("问题与本知识库的主题（KIT突变胃肠间质瘤的伊马替尼治疗）无关")
     if not candidates and vote_hit is None:
         return _refuse("没有检索到相关段落")
 
     # 3. Values asked for must be stated (vote figures come from the table).
     value_attrs = (query.attributes & VALUE_ATTRIBUTES) - {"vote"}
-    if "vote" in query.attributes and vote_hit is None:
+    if "vote" in query.attributes and vote_hit is None and not lenient:
         return _refuse("本知识库没有与此相关的投票结果")
     stating: list[Candidate] = []
     for attr in sorted(value_attrs):
         found = [c for c in candidates if attr in c.states and _covers_focal(c, query, index, lexicon)]
         if not found and attr == "percentage" and vote_hit is not None:
             continue  # a share may be a vote's figure: the table states it
+        if not found and lenient:
+            continue
         if not found:
             return _refuse(f"本知识库没有给出这个问题所问的{ATTRIBUTE_NAMES[attr]}")
         stating += [c for c in found if c not in stating]
@@ -337,6 +342,8 @@ def judge_coverage(index: StoredIndex, query: Query, hits: list[Hit], qvec: np.n
         lead = [c for c in candidates if query.focal <= index.passage_concepts[c.hit.row]
                 and all(n in c.passage.text for n in query.names)]
         vote_covers = vote_hit is not None and query.focal <= index.passage_concepts[vote_hit.row]
+        if not lead and not stating and not vote_covers and not meet_in_setting and lenient:
+            return Coverage(candidates, stating, vote_hit, slots=slots)
         if not lead and not stating and not vote_covers and not meet_in_setting:
             names = "、".join(f"“{lexicon.canonical(c)}”" for c in sorted(query.focal) if not re.search(r"\d", lexicon.canonical(c)))
             return _refuse(f"本知识库没有同时涉及{names or '问题中这几个方面'}的内容")

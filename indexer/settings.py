@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     scope: Literal["all", "consensus"] = "all"
     writer: Literal["extractive", "llm"] = "extractive"
 
+    # --- the question side: learned from the question bank (bot/learn.py) ---------------------
+    # "combined": models trained on the bank decide (answer or refuse, setting, facet, lead), with
+    # the rules' reading among their features; "learned": the models without the rules' columns;
+    # "rules": the hand-written rules alone (for comparison, and for corpora the bank was not
+    # written for).
+    decisions: Literal["combined", "learned", "rules"] = "combined"
+    bank_dir: Path = REPO_ROOT / "evals" / "bank"
+
     # --- optional LLM writer (the API key comes only from GISTQA_LLM_API_KEY, never printed) --
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "qwen2.5:7b-instruct"
