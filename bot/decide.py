@@ -80,8 +80,10 @@ def apply_reading(query, decision: Decision) -> bool:
 
 def _unit_block(index, model: LearnedModel, unit_no: int, lexicon) -> Block | None:
     u = model.units[unit_no]
-    if u.kind == "vote" or u.kind == "authors":
-        return Block(u.row, [], "vote" if u.kind == "vote" else "authors", why="learned lead unit")
+    if u.kind == "vote":
+        return Block(u.row, [], "vote", why="learned lead unit")
+    if u.kind == "authors":  # a byline is quoted as its sentences, like the planner's own
+        return Block(u.row, list(index.passage_sentences[u.row]), "authors", why="learned lead unit") if index.passage_sentences[u.row] else None
     if not (0 <= u.row < len(index.sentences)) or index.sentences[u.row].text != u.text:
         return None  # the model was trained on another build (load checks this; a guard here too)
     prow = index.sentence_passage[u.row].item()
