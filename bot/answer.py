@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from bot.compose import CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS, Coverage, asks_about_literature, judge_coverage, question_slots
-from bot.decide import REASON_TEXT, apply_reading, fallback_blocks, refuses, relead, rule_view
+from bot.decide import (REASON_TEXT, analysis_of, apply_reading, fallback_blocks, refusal_text, refuses, relead,
+                         rule_view)
 from bot.learn import LearnedArtefactError, LearnedModel, denoise, unsupported_language
 from bot.split import join_answers, split_questions
 from bot.plan import GROUP_LABELS, GROUP_OF, DocumentMap, Plan, allowed, document_map, plan_answer
@@ -254,10 +255,11 @@ class Bot:
                        self._scope_concepts[scope or self.settings.scope], document_map(index).author_names)
 
     def rule_view(self, query: Query, scope: str | None = None):
-        """What the rules decide of an analysed question (the combined model's rule columns) and its vector."""
+        """What the lexicon finds and the rules decide of an analysed question (the models' analysis
+        and rule columns), and its vector."""
         found = self.search(query.raw, query.history, scope, query=query)
         coverage = self._coverage(found)
-        return rule_view(found.query, coverage), found.qvec
+        return analysis_of(found.query, self._scope_concepts[found.scope]), rule_view(found.query, coverage), found.qvec
 
     def _coverage(self, found: "Search", lenient: bool = False):
         dm = document_map(found.index)
@@ -329,12 +331,13 @@ class Bot:
         if unsupported_language(query.text):
             coverage = Coverage([], [], None, True, REASON_TEXT["unsupported_language"])
         elif model is not None:
-            decision = model.decide(query.text, query.history, qvec, rule_view(query, coverage), neighbours=True)
+            decision = model.decide(query.text, query.history, qvec, analysis_of(query, self._scope_concepts[scope]),
+                                    rule_view(query, coverage), neighbours=True)
             decision.refused = refuses(decision, coverage.refused)
             if decision.refused:
                 if not coverage.refused:
                     reason = decision.reason if decision.reason != "unsupported_language" else "not_covered"
-                    coverage = Coverage([], [], None, True, REASON_TEXT[reason])
+                    coverage = Coverage([], [], None, True, refusal_text(reason, query))
             elif apply_reading(query, decision) or coverage.refused:
                 coverage = self._coverage(found, lenient=True)
         max_blocks = self.settings.max_quotes_detail if detail else self.settings.max_quotes

@@ -32,7 +32,7 @@ from indexer.checksums import read_stamp, sha256_file, unchanged_since_stamp, wr
 from indexer.lexicon import to_simplified
 from indexer.store import IndexError_
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SETTING_CLASSES = ("first_line", "adjuvant", "recur_during", "recur_after")
 FACET_CLASSES = ("management", "why", "vote", "authors", "other")
 REASON_CLASSES = ("not_covered", "off_topic", "unsupported_language")
@@ -42,7 +42,14 @@ HISTORY_NGRAM = 2
 # The rule columns are few against thousands of n-grams; scaled so the regularised fit can use them.
 RULE_FEATURE_SCALE = 1.0
 DENSE_SCALE = 1.0
+ANALYSIS_SCALE = 1.0
 NEIGHBOURS = 5  # bank questions shown by --explain
+# The labels of the K nearest bank questions, averaged, are features too (a vote of the bank).
+# In training, a question's neighbours are taken from other authors only, as at answer time the
+# asker is someone the bank has never seen: an author's near-copies of their own question would
+# make the vote look more reliable than it is.
+KNN_K = 10
+KNN_DIM = 1 + len(SETTING_CLASSES) + len(FACET_CLASSES)
 
 LEARNED_HINT = "运行 `gistqa index` 重新训练 (run `gistqa index` to retrain)"
 
@@ -53,25 +60,37 @@ class LearnedArtefactError(IndexError_):
 
 # --- cleaning the noise a phone adds ----------------------------------------------------------
 _FULLWIDTH_ALNUM = {c: c - 0xFEE0 for c in [*range(0xFF10, 0xFF1A), *range(0xFF21, 0xFF3B), *range(0xFF41, 0xFF5B)]}
-_REPEATED_PUNCT = re.compile(r"([!?！？。，,.~～、…])\1+")
-_MIXED_PUNCT_RUN = re.compile(r"[!?！？]{2,}")
+_PUNCT = "!?！？。，,.~～、…"
+_PUNCT_RUN = re.compile(f"([{_PUNCT}])[{_PUNCT}]+")
+_EMOJI_JOINERS = "\ufe0f\ufe0e\u200d\u20e3"
+
+
+def _is_pictograph(ch: str) -> bool:
+    return unicodedata.category(ch) in ("So", "Sk") or ch in _EMOJI_JOINERS or 0x1F3FB <= ord(ch) <= 0x1F3FF
+
+
+# A lab value pasted into a vignette ("Hb 95g/L", "肌酐110", "ALT：40 U/L"): context, never the ask.
+# Only a named test followed by its number is removed; a bare number (a dose) always stays.
+_LAB = re.compile(
+    r"(?:(?<![A-Za-z])(?:hb|hgb|wbc|plt|anc|neu|alt|ast|ggt|alp|tbil|dbil|alb|cr|scr|bun|egfr|crp|cea|ca\s?19-9|ca125|ldh|k|na)"
+    r"|血红蛋白|白细胞|血小板|中性粒细胞?|肌酐|转氨酶|谷丙转氨酶|谷草转氨酶|白蛋白|胆红素|尿素氮|血钾|血钠)"
+    r"\s*[:：=]?\s*[↑↓]?\s*\d+(?:\.\d+)?\s*(?:g/l|g/dl|u/l|iu/l|μmol/l|umol/l|mmol/l|mg/l|mg/dl|ml/min|×10\^?9/l|x10\^?9/l|%)?\s*[↑↓]?",
+    re.I)
+
+
+_LAB_WITH_SEPARATOR = re.compile(r"\s*[，,、;；]?\s*(?:" + _LAB.pattern + ")", re.I)
 
 
 def denoise(text: str) -> str:
-    """Emoji and pictographs out, repeated punctuation once, full-width digits and Latin letters
-    as ASCII: the same question with or without them reads the same. Chinese punctuation stays
-    (the sentence splitter and the rules read it)."""
-    out = []
-    for ch in text:
-        cat = unicodedata.category(ch)
-        if cat == "So" or cat == "Sk" or cat == "Cs" or ch in "\ufe0f\u200d\u20e3":
-            out.append(" ")
-        else:
-            out.append(ch)
-    text = "".join(out).translate(_FULLWIDTH_ALNUM)
-    text = _MIXED_PUNCT_RUN.sub(lambda m: "？" if any(c in "?？" for c in m.group(0)) else "！", text)
-    text = _REPEATED_PUNCT.sub(r"\1", text)
-    text = re.sub(r"\.{2,}|…+", "…", text)
+    """Emoji and pictographs out (leaving no gap: "rel🙏apse" is "relapse"), a run of punctuation
+    as its first mark ("？？？" -> "？", "?！！" -> "?"), full-width digits and Latin letters as ASCII:
+    the same question with or without them reads the same. Chinese punctuation stays (the
+    sentence splitter and the rules read it)."""
+    text = "".join(ch for ch in text if not _is_pictograph(ch)).translate(_FULLWIDTH_ALNUM)
+    # A value goes with the separator before it ("A，Hb 95，B" -> "A，B"), or after it at the start.
+    text = _LAB_WITH_SEPARATOR.sub(lambda m: "" if re.match(r"\s*[，,、;；]", m.group(0)) else " ", text)
+    text = re.sub(r"^\s*[，,、;；]\s*", "", text)
+    text = _PUNCT_RUN.sub(r"\1", text)
     return re.sub(r"\s+", " ", text).strip()
 
 
@@ -149,6 +168,31 @@ class RuleView:
 RULE_DIM = len(RuleView().vector())
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """What the lexicon finds in a question, as features of every mode: the attributes asked
+    (duration, schedule, dose, vote, ...) and the concepts named (drugs, genes, settings, trials),
+    across languages and synonyms; whether it names something the corpus lacks. Not a decision:
+    the models learn what each means for answering."""
+
+    attributes: tuple[str, ...] = ()
+    concepts: tuple[str, ...] = ()
+    context_concepts: tuple[str, ...] = ()  # carried from the history
+    absent: bool = False  # a concept the corpus (in the searched scope) never mentions
+    unknown: bool = False  # an entity-looking word the corpus never uses
+
+    def vector(self, attribute_ids: list[str], concept_ids: list[str]) -> np.ndarray:
+        a, c, h = set(self.attributes), set(self.concepts), set(self.context_concepts)
+        v = [1.0 if x in a else 0.0 for x in attribute_ids] + [1.0 if x in c else 0.0 for x in concept_ids]
+        v += [0.5 if x in h else 0.0 for x in concept_ids]
+        v += [float(self.absent), float(self.unknown)]
+        return np.asarray(v, dtype=np.float32) * ANALYSIS_SCALE
+
+    def to_dict(self) -> dict:
+        return {"attributes": list(self.attributes), "concepts": list(self.concepts),
+                "context_concepts": list(self.context_concepts), "absent": self.absent, "unknown": self.unknown}
+
+
 @dataclass
 class Vocabulary:
     """n-gram -> column, with its idf (learned on the bank)."""
@@ -179,9 +223,40 @@ class Features:
     vals: np.ndarray
 
 
-def dense_part(qvec: np.ndarray, rules: RuleView | None) -> np.ndarray:
-    v = np.asarray(qvec, dtype=np.float32) * DENSE_SCALE
-    return v if rules is None else np.concatenate([v, rules.vector()])
+def label_matrix(labels: list[dict]) -> np.ndarray:
+    """One row per bank question: refuse, its settings, its facet (what the neighbour vote averages)."""
+    m = np.zeros((len(labels), KNN_DIM), dtype=np.float32)
+    for i, lab in enumerate(labels):
+        m[i, 0] = lab["expect"] == "refuse"
+        for s in lab["settings"]:
+            if s in SETTING_CLASSES:
+                m[i, 1 + SETTING_CLASSES.index(s)] = 1.0
+        if lab["expect"] == "answer" and lab["facet"] in FACET_CLASSES:
+            m[i, 1 + len(SETTING_CLASSES) + FACET_CLASSES.index(lab["facet"])] = 1.0
+    return m
+
+
+def neighbour_vote(sims: np.ndarray, labels: np.ndarray, k: int = KNN_K) -> np.ndarray:
+    """The K most similar questions' labels, weighted by their cosine."""
+    if len(sims) == 0:
+        return np.zeros(labels.shape[1] if labels.ndim == 2 else KNN_DIM, dtype=np.float32)
+    k = min(k, len(sims))
+    top = np.argpartition(-sims, k - 1)[:k]
+    w = np.maximum(sims[top], 0.0)
+    w = w / max(float(w.sum()), 1e-9)
+    return (w[:, None] * labels[top]).sum(0).astype(np.float32)
+
+
+def dense_part(qvec: np.ndarray, analysis: np.ndarray | None, rules: RuleView | None,
+               knn: np.ndarray | None = None) -> np.ndarray:
+    parts = [np.asarray(qvec, dtype=np.float32) * DENSE_SCALE]
+    if knn is not None:
+        parts.append(knn)
+    if analysis is not None:
+        parts.append(analysis)
+    if rules is not None:
+        parts.append(rules.vector())
+    return np.concatenate(parts)
 
 
 # --- heads ----------------------------------------------------------------------------------------
@@ -252,14 +327,26 @@ class LearnedModel:
     bank_vectors: np.ndarray | None = None  # (n, dim) float16, for the nearest bank questions
     bank_labels: list[dict] = field(default_factory=list)
     name: str = ""
+    attribute_ids: list[str] = field(default_factory=list)
+    concept_ids: list[str] = field(default_factory=list)
+    _label_matrix: np.ndarray | None = field(default=None, repr=False)
+    _bank32: np.ndarray | None = field(default=None, repr=False)
 
-    def features(self, question: str, history: list[str], qvec: np.ndarray, rules: RuleView | None) -> Features:
+    def features(self, question: str, history: list[str], qvec: np.ndarray, analysis: Analysis,
+                 rules: RuleView | None) -> Features:
         cols, vals = self.vocab.transform(question_grams(question, history))
-        return Features(dense_part(qvec, rules if self.with_rules else None), cols, vals)
+        knn = None
+        if self.bank_vectors is not None:
+            if self._label_matrix is None:
+                self._label_matrix = label_matrix(self.bank_labels)
+                self._bank32 = self.bank_vectors.astype(np.float32)
+            knn = neighbour_vote(self._bank32 @ np.asarray(qvec, dtype=np.float32), self._label_matrix)
+        return Features(dense_part(qvec, analysis.vector(self.attribute_ids, self.concept_ids),
+                                   rules if self.with_rules else None, knn), cols, vals)
 
-    def decide(self, question: str, history: list[str], qvec: np.ndarray, rules: RuleView | None,
+    def decide(self, question: str, history: list[str], qvec: np.ndarray, analysis: Analysis, rules: RuleView | None,
                neighbours: bool = False) -> Decision:
-        f = self.features(question, history, qvec, rules)
+        f = self.features(question, history, qvec, analysis, rules)
         p_refuse = float(self.heads["refuse"].proba(f)[0])
         rp = self.heads["reason"].proba(f)
         reasons = dict(zip(self.heads["reason"].classes, map(float, rp)))
@@ -277,7 +364,9 @@ class LearnedModel:
     def nearest(self, qvec: np.ndarray, k: int = NEIGHBOURS) -> list[dict]:
         if self.bank_vectors is None or not len(self.bank_vectors):
             return []
-        sims = self.bank_vectors.astype(np.float32) @ np.asarray(qvec, dtype=np.float32)
+        if self._bank32 is None:
+            self._bank32 = self.bank_vectors.astype(np.float32)
+        sims = self._bank32 @ np.asarray(qvec, dtype=np.float32)
         top = np.argsort(-sims)[:k]
         return [{**self.bank_labels[i], "cosine": round(float(sims[i]), 3)} for i in top]
 
@@ -300,7 +389,8 @@ def save_model(model: LearnedModel, folder: Path, manifest: dict) -> None:
     (folder / UNITS_FILE).write_text(json.dumps({
         "units": [{"kind": u.kind, "row": u.row, "text": u.text} for u in model.units],
         "heads": {name: {"classes": list(h.classes), "softmax": h.softmax} for name, h in model.heads.items()},
-        "with_rules": model.with_rules, "bank_labels": model.bank_labels}, ensure_ascii=False), encoding="utf-8")
+        "with_rules": model.with_rules, "bank_labels": model.bank_labels, "attribute_ids": model.attribute_ids,
+        "concept_ids": model.concept_ids}, ensure_ascii=False), encoding="utf-8")
     np.savez(folder / BANK_FILE, vectors=(model.bank_vectors if model.bank_vectors is not None
                                          else np.zeros((0, 1), np.float16)).astype(np.float16))
     files = {}
@@ -360,4 +450,4 @@ def load_model(folder: Path) -> LearnedModel:
     return LearnedModel(heads, Vocabulary({g: i for i, g in enumerate(vocab["ngrams"])}, np.asarray(vocab["idf"], np.float32)),
                         [Unit(u["kind"], int(u["row"]), u["text"]) for u in meta["units"]], bool(meta["with_rules"]),
                         vectors if vectors.ndim == 2 and vectors.shape[1] > 1 else None, list(meta.get("bank_labels", [])),
-                        name=folder.name)
+                        name=folder.name, attribute_ids=list(meta["attribute_ids"]), concept_ids=list(meta["concept_ids"]))

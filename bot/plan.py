@@ -76,6 +76,9 @@ class Block:
     role: str  # lead / dose / context / vote / setting / authors
     label: str = ""  # a setting's name, for the labelled per-setting answer
     why: str = ""
+    # Chosen for what the question names outright (a vote item's number or figures, a guideline,
+    # "what else"): the learned lead (bot/decide.py) does not reorder such a plan.
+    pinned: bool = False
 
 
 @dataclass
@@ -522,14 +525,14 @@ def _vote(index: StoredIndex, query: Query, coverage: Coverage, dm: DocumentMap,
         target = (min if divided else max)(majority.values())
         kind = "most divided" if divided else "most agreed"
         # Every item at that figure, in table order (two at most: 表1 has 86% twice).
-        return [Block(row, [], "vote", why=f"the {kind} item: its largest option has {target}%")
+        return [Block(row, [], "vote", why=f"the {kind} item: its largest option has {target}%", pinned=True)
                 for row, _ in votes if majority[row] == target][:2]
     m = ITEM_NUMBER.search(query.text)
     if m:  # "表1第3项": the item named by its number
         g = m.group(1) or m.group(2)
         n = "一二三四五六七八九".index(g) + 1 if g in "一二三四五六七八九" else int(g)
         best = next((row for row, p in votes if p.vote.number == n), best)
-    blocks = [Block(best, [], "vote", why="the vote item of the asked setting")]
+    blocks = [Block(best, [], "vote", why="the vote item of the asked setting", pinned=bool(m))]
     if query.reading is not None and query.reading.setting.compare or (len(settings) > 1 and COMPARE_WORDS.search(query.text)):
         # "辅助期间复发和停药后复发，投票有什么区别": one item per setting compared.
         for s_ in settings:
@@ -614,6 +617,7 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
         if MORE_ASKED.search(to_simplified(query.text)) and len(whole := _through_paragraph(index, rec)) > len(rec):
             panel.sentences = whole
             panel.why += ", through its last sentence (the question asks what else)"
+            panel.pinned = True
             rec = whole
         if per_setting:
             blocks.append(panel)
@@ -625,7 +629,7 @@ def _management(index: StoredIndex, query: Query, coverage: Coverage, dm: Docume
             # answers; the panel's view is another question.
             for r in named_rows:
                 blocks.append(Block(index.sentence_passage[r].item(), [r], "lead" if not blocks else "context",
-                                    why="the sentence of a guideline the question names"))
+                                    why="the sentence of a guideline the question names", pinned=True))
             continue
         asks_number = bool(NUMBER_ASKED.search(to_simplified(query.text).lower()))
         lead_rows = set(rec)

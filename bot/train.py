@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.learn import (FACET_CLASSES, REASON_CLASSES, SETTING_CLASSES, Head, LearnedArtefactError, LearnedModel,
-                       RuleView, Unit, Vocabulary, dense_part, question_grams, save_model)
+from bot.learn import (FACET_CLASSES, KNN_DIM, REASON_CLASSES, SETTING_CLASSES, Analysis, Head, LearnedArtefactError,
+                       LearnedModel, Unit, Vocabulary, dense_part, label_matrix, neighbour_vote, question_grams,
+                       save_model)
 from evals.bank import BankItem, bank_files, load_bank
 
-TRAIN_VERSION = "1"
+TRAIN_VERSION = "2"
 MIN_DF = 2  # an n-gram seen in one bank question only teaches that question
 # Inverse regularisation strength of each head (scikit-learn's C), chosen by leave-one-author-out
 # figures (evals/by_author.py), never on a held-out author's items.
@@ -123,24 +124,27 @@ class Table:
     grams: list[list[str]]
     unit_ids: list[list[int]]
     units: list[Unit]
+    analyses: list[Analysis]
+    attribute_ids: list[str]
+    concept_ids: list[str]
 
 
 def feature_table(bot, examples: list[Example]) -> Table:
-    """What answering computes for each example: the rules' reading, the query vector."""
-    views, texts = [], []
+    """What answering computes for each example: the lexicon's analysis, the rules' reading, the
+    query vector."""
+    views, analyses, vecs = [], [], []
     analysed = [bot.analyse(e.question, e.history) for e in examples]
-    retrieval = [q.retrieval_text for q in analysed]
-    bot.prefill_query_vectors(retrieval)
-    vecs = []
-    for e, q in zip(examples, analysed):
-        view, qvec = bot.rule_view(q)
+    bot.prefill_query_vectors([q.retrieval_text for q in analysed])
+    for q in analysed:
+        analysis, view, qvec = bot.rule_view(q)
+        analyses.append(analysis)
         views.append(view.vector())
         vecs.append(qvec)
-        texts.append(e.question)
     index = bot._ensure_loaded()
     units = unit_table(index)
     return Table(examples, np.stack(vecs).astype(np.float32), np.stack(views), [question_grams(e.question, e.history) for e in examples],
-                 [match_units(e.unit_texts, units) for e in examples], units)
+                 [match_units(e.unit_texts, units) for e in examples], units, analyses,
+                 sorted(bot.lexicon.attributes), sorted(bot.lexicon.concepts))
 
 
 # --- fitting ----------------------------------------------------------------------------------------
@@ -155,10 +159,31 @@ def _vocabulary(grams: list[list[str]]) -> Vocabulary:
     return Vocabulary({g: i for i, g in enumerate(kept)}, idf)
 
 
+def _labels(table: Table, rows: list[int]) -> list[dict]:
+    return [{"id": table.examples[i].item_id, "question": table.examples[i].question[:80],
+             "expect": "refuse" if table.examples[i].refuse else "answer", "settings": sorted(table.examples[i].settings),
+             "facet": table.examples[i].facet} for i in rows]
+
+
+def _knn_features(table: Table, rows: list[int]) -> np.ndarray:
+    """Each training question's neighbour vote, its neighbours taken from other authors only."""
+    vecs = table.dense[rows]
+    sims = vecs @ vecs.T
+    authors = np.asarray([table.examples[i].author for i in rows])
+    labels = label_matrix(_labels(table, rows))
+    out = np.zeros((len(rows), KNN_DIM), np.float32)
+    for k in range(len(rows)):
+        other = authors != authors[k]
+        out[k] = neighbour_vote(sims[k][other], labels[other])
+    return out
+
+
 def _design(table: Table, rows: list[int], vocab: Vocabulary, with_rules: bool):
     from scipy.sparse import csr_matrix, hstack
 
-    dense = np.stack([dense_part(table.dense[i], None) for i in rows])
+    knn = _knn_features(table, rows)
+    dense = np.stack([dense_part(table.dense[i], table.analyses[i].vector(table.attribute_ids, table.concept_ids), None,
+                                 knn[k]) for k, i in enumerate(rows)])
     if with_rules:
         dense = np.hstack([dense, table.rules[rows]])
     data, indices, indptr = [], [], [0]
@@ -251,10 +276,10 @@ def fit(table: Table, rows: list[int], with_rules: bool = True) -> LearnedModel:
     Wu = np.stack(cols, 1) if cols else np.zeros((X.shape[1], 0), np.float32)
     heads["unit"] = _head(tuple(str(u) for u in kept), Wu, np.asarray(biases, np.float32), dense_dim)
 
-    labels = [{"id": e.item_id, "question": e.question[:80], "expect": "refuse" if e.refuse else "answer",
-               "settings": sorted(e.settings), "facet": e.facet} for e in ex]
+    labels = _labels(table, rows)
     return LearnedModel(heads, vocab, [table.units[u] for u in kept], with_rules,
-                        table.dense[rows].astype(np.float16), labels)
+                        table.dense[rows].astype(np.float16), labels, attribute_ids=list(table.attribute_ids),
+                        concept_ids=list(table.concept_ids))
 
 
 # --- the artefact beside the index ------------------------------------------------------------------

@@ -511,7 +511,7 @@ def measure_build(settings: Settings, work: Path, plan: Plan) -> dict:
     from indexer.store import load_build
 
     corpus = _copy_corpus(settings, work / "corpus", plan.build_subset)
-    tmp_settings = settings.model_copy(update={"corpus_dir": corpus, "index_dir": work / "index"})
+    tmp_settings = settings.model_copy(update={"corpus_dir": corpus, "index_dir": work / "index", "decisions": "rules"})
     first = build_index(tmp_settings)
     noop = build_index(tmp_settings)
     changed_file = corpus_files(corpus)[-1]
@@ -1042,7 +1042,7 @@ def measure_scaling(settings: Settings, bot, items: list[Item], plan: Plan, work
         row["build"] = _run_worker("build", job, work, timeout, settings)
         row["query"] = _run_worker("query", job, work, timeout, settings)
         # The whole answer at this size, in this process (the model is already loaded here).
-        scaled = Bot(settings.model_copy(update={"index_dir": index_dir}))
+        scaled = Bot(settings.model_copy(update={"index_dir": index_dir, "decisions": "rules"}))
         t = time.perf_counter()
         scaled._ensure_loaded()
         load_s = time.perf_counter() - t

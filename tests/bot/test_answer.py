@@ -66,18 +66,19 @@ def test_every_number_in_every_answer_stands_in_a_cited_source(all_answers, stor
 
 
 def _with_stray_number(monkeypatch, block: int, label: str):
-    """The real planner, with a number no source holds written into one block's label: the kind of
-    slip a writer (or a future template) can make in the text around a quote."""
+    """The real plan (as decided: planner and learned lead), with a number no source holds written
+    into one block's label as it is rendered: the kind of slip a writer (or a future template) can
+    make in the text around a quote."""
     import bot.answer as answer_module
 
-    real = answer_module.plan_answer
+    real = answer_module.render
 
-    def plan_with_stray_number(*args, **kwargs):
-        plan = real(*args, **kwargs)
-        plan.blocks[block].label = label
-        return plan
+    def render_with_stray_number(index, query, plan, *args, **kwargs):
+        if not plan.refused:
+            plan.blocks[block].label = label
+        return real(index, query, plan, *args, **kwargs)
 
-    monkeypatch.setattr(answer_module, "plan_answer", plan_with_stray_number)
+    monkeypatch.setattr(answer_module, "render", render_with_stray_number)
 
 
 STRAY = "第9999号"  # 9999 is in no source

@@ -84,18 +84,17 @@ def _quotes(answer) -> list[str]:
     return [q.text for q in answer.quotes]
 
 
-NOISE = ["🙏", "😅😅", "！！！", "？？？", "……", "👍🏻"]
+EMOJI = ["🙏", "😅😅", "👍🏻", "🤔"]
+PUNCT = ["！！！", "？？？", "……", "!!", "??"]
 FULLWIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
 
 
 def noisy(question: str, rng: random.Random) -> str:
-    cut = rng.randrange(len(question) + 1)
-    return (question[:cut] + rng.choice(NOISE) + question[cut:]).translate(FULLWIDTH) + rng.choice(NOISE)
-
-
-# Measured 2026-12-02: 150 sampled bank questions, noise added; the answers that still differ are a
-# known gap (issue 20, "Bad input"): this bound is a ratchet to lower to zero, not a target.
-NOISE_DIFFER_MAX = 25
+    """Noise as a phone adds it: an emoji between words or clauses, punctuation repeated at the
+    end, full-width digits."""
+    gaps = [i for i, ch in enumerate(question) if ch in " ，,。？?"] + [len(question)]
+    cut = rng.choice(gaps)
+    return (question[:cut] + rng.choice(EMOJI) + question[cut:]).translate(FULLWIDTH) + rng.choice(PUNCT)
 
 
 def test_noise_gives_the_same_answer_as_the_clean_question(bot, bank):
@@ -107,12 +106,41 @@ def test_noise_gives_the_same_answer_as_the_clean_question(bot, bank):
         dirty = bot.answer(noisy(item.question, rng), history=list(item.history))
         if (clean.refused, _quotes(clean)) != (dirty.refused, _quotes(dirty)):
             differ.append(item.id)
-    assert len(differ) <= NOISE_DIFFER_MAX, differ
+    assert not differ, differ
+
+
+LABS = ["，Hb 95g/L，肌酐110", "，ALT：40 U/L", "，WBC 3.2×10^9/L，PLT 150", "，CEA 5.6"]
+
+
+def with_lab_values(question: str, rng: random.Random) -> str:
+    """Lab values pasted into the story at a clause boundary (or at the end)."""
+    gaps = [i for i, ch in enumerate(question) if ch in "，,"] + [len(question.rstrip("？?。"))]
+    cut = rng.choice(gaps)
+    return question[:cut] + rng.choice(LABS) + question[cut:]
+
+
+def test_pasted_lab_values_and_mixed_scripts_give_the_same_answer(bot, bank):
+    from opencc import OpenCC
+
+    s2t = OpenCC("s2t")
+    rng = random.Random(11)
+    sample = [i for i in rng.sample(bank, 160) if not i.history][:100]
+    differ = []
+    for item in sample:
+        clean = bot.answer(item.question)
+        for variant in (with_lab_values(item.question, rng), s2t.convert(item.question)):
+            other = bot.answer(variant)
+            if (clean.refused, _quotes(clean)) != (other.refused, _quotes(other)):
+                differ.append((item.id, variant))
+    assert not differ, differ[:10]
 
 
 def test_denoise_keeps_the_words_and_drops_the_noise():
     assert denoise("辅助治疗用多少？？？🙏🙏") == "辅助治疗用多少？"
-    assert denoise("吃６００ｍｇ可以吗!!!😅") == "吃600mg可以吗！"
+    assert denoise("吃６００ｍｇ可以吗!!!😅") == "吃600mg可以吗!"
+    assert denoise("what about rel🙏apse?？？") == "what about relapse?"
+    assert denoise("exon9晚期，Hb 95g/L，肌酐110，伊马起始多少") == "exon9晚期，伊马起始多少"
+    assert denoise("辅助400 吃着 WBC 3.2×10^9/L 能减量吗") == "辅助400 吃着 能减量吗"  # the dose stays
 
 
 @pytest.mark.parametrize("question", ["エクソン9変異のGISTの術後補助療法の用量は？", "엑손 9 GIST 보조요법 용량은?",
