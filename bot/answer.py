@@ -18,7 +18,7 @@ import numpy as np
 from bot.compose import CARD_WEIGHT_FOR_CONSENSUS_QUESTIONS, Coverage, asks_about_literature, judge_coverage, question_slots
 from bot.decide import (REASON_TEXT, analysis_of, apply_reading, fallback_blocks, refusal_text, refuses, relead,
                          rule_view)
-from bot.learn import LearnedArtefactError, LearnedModel, denoise, unsupported_language
+from bot.learn import LearnedArtefactError, LearnedModel, reading_text, unsupported_language
 from bot.split import join_answers, split_questions
 from bot.plan import GROUP_LABELS, GROUP_OF, DocumentMap, Plan, allowed, document_map, plan_answer
 from bot.setting import SETTING_LABELS, TOPIC_SHORT
@@ -232,7 +232,8 @@ class Bot:
         missing = sorted(dict.fromkeys(t for t in texts if t not in self._query_vectors), key=len)
         if not missing:
             return
-        vecs = self.embedder().encode_queries(missing)
+        embedder = self.embedder()
+        vecs = getattr(embedder, "encode_queries_bulk", embedder.encode_queries)(missing)
         with self._query_vectors_lock:
             for t, v in zip(missing, vecs):
                 v.setflags(write=False)
@@ -247,10 +248,12 @@ class Bot:
 
     # --- answering -------------------------------------------------------------------------
     def analyse(self, question: str, history: list[str] | None = None, scope: str | None = None) -> Query:
-        """The rules' reading of a question (no embedding, no retrieval)."""
+        """The rules' reading of a question (no embedding, no retrieval). The question is read as
+        simplified Chinese without noise, as the corpus is written: traditional script, emoji or a
+        pasted lab value never change what is read."""
         index = self._ensure_loaded()
-        return analyse(denoise(question) if isinstance(question, str) else question,
-                       [denoise(h) if isinstance(h, str) else h for h in (history or [])], self.lexicon,
+        return analyse(reading_text(question) if isinstance(question, str) else question,
+                       [reading_text(h) if isinstance(h, str) else h for h in (history or [])], self.lexicon,
                        self._corpus_norm, self.settings.max_question_chars, self._corpus_text,
                        self._scope_concepts[scope or self.settings.scope], document_map(index).author_names)
 
@@ -305,7 +308,7 @@ class Bot:
         if self.settings.decisions != "rules" and isinstance(question, str):
             from bot.query import clean_question
 
-            parts = split_questions(denoise(clean_question(question, self.settings.max_question_chars)))
+            parts = split_questions(reading_text(clean_question(question, self.settings.max_question_chars)))
             if len(parts) > 1:
                 t0 = time.perf_counter()
                 answers = [self._answer_one(part, list(history or []) + parts[:i], scope, detail=detail, passages_k=passages_k)

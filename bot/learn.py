@@ -91,7 +91,13 @@ def denoise(text: str) -> str:
     text = _LAB_WITH_SEPARATOR.sub(lambda m: "" if re.match(r"\s*[，,、;；]", m.group(0)) else " ", text)
     text = re.sub(r"^\s*[，,、;；]\s*", "", text)
     text = _PUNCT_RUN.sub(r"\1", text)
+    text = re.sub(r"\s*[…~～.。!！]+\s*$", "", text)  # a trailing sigh or exclamation asks nothing
     return re.sub(r"\s+", " ", text).strip()
+
+
+def reading_text(text: str) -> str:
+    """The question as every step reads it: denoised, in simplified characters (the corpus's script)."""
+    return to_simplified(denoise(text))
 
 
 # --- language ----------------------------------------------------------------------------------

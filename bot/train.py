@@ -23,12 +23,13 @@ from bot.learn import (FACET_CLASSES, KNN_DIM, REASON_CLASSES, SETTING_CLASSES, 
                        save_model)
 from evals.bank import BankItem, bank_files, load_bank
 
-TRAIN_VERSION = "2"
+TRAIN_VERSION = "3"
 MIN_DF = 2  # an n-gram seen in one bank question only teaches that question
 # Inverse regularisation strength of each head (scikit-learn's C), chosen by leave-one-author-out
 # figures (evals/by_author.py), never on a held-out author's items.
 C_REFUSE, C_REASON, C_SETTING, C_FACET, C_UNIT = 4.0, 2.0, 4.0, 4.0, 8.0
 MIN_UNIT_POSITIVES = 1
+FITS_PER_PROCESS = 16  # fewer unit fits than this per process are not worth a worker's start
 
 
 @dataclass
@@ -209,6 +210,19 @@ def _binary(X, y: np.ndarray, C: float) -> tuple[np.ndarray, float]:
     return m.coef_[0].astype(np.float32), float(m.intercept_[0])
 
 
+def _binaries(X, targets: list[np.ndarray], C: float) -> list[tuple[np.ndarray, float]]:
+    """One sigmoid per target, fitted in a process per core (each fit is independent and seeded,
+    so the weights are the same however they are spread; liblinear's own state is per process)."""
+    from joblib import Parallel, delayed
+
+    from indexer.embed import usable_cores
+
+    jobs = min(usable_cores(), max(1, len(targets) // FITS_PER_PROCESS))
+    if jobs <= 1:
+        return [_binary(X, y, C) for y in targets]
+    return Parallel(n_jobs=jobs, backend="loky")(delayed(_binary)(X, y, C) for y in targets)
+
+
 def _softmax(X, y: list[str], classes: tuple[str, ...], C: float) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.linear_model import LogisticRegression
 
@@ -268,11 +282,9 @@ def fit(table: Table, rows: list[int], with_rules: bool = True) -> LearnedModel:
             positives[u] = positives.get(u, 0) + 1
     kept = sorted(u for u, n in positives.items() if n >= MIN_UNIT_POSITIVES)
     Xa = X[answering]
-    cols, biases = [], []
-    for u in kept:
-        w, b0 = _binary(Xa, np.asarray([u in table.unit_ids[rows[k]] for k in answering], dtype=int), C_UNIT)
-        cols.append(w)
-        biases.append(b0)
+    targets = [np.asarray([u in table.unit_ids[rows[k]] for k in answering], dtype=int) for u in kept]
+    fitted = _binaries(Xa, targets, C_UNIT)
+    cols, biases = [w for w, _ in fitted], [b0 for _, b0 in fitted]
     Wu = np.stack(cols, 1) if cols else np.zeros((X.shape[1], 0), np.float32)
     heads["unit"] = _head(tuple(str(u) for u in kept), Wu, np.asarray(biases, np.float32), dense_dim)
 

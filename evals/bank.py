@@ -15,13 +15,12 @@ Units are named by exact substrings of one sentence, vote item or byline (whites
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evals.schema import EvalSetError, Item
+from evals.schema import EvalSetError, Item, jsonl_objects
 
 SETTINGS = ("first_line", "adjuvant", "recur_during", "recur_after", "recurrence", "background", "unspecified", "none")
 FACETS = ("what_to_do", "dose", "why", "vote", "who", "evidence", "guideline", "compare", "prognosis",
@@ -94,23 +93,9 @@ class BankItem(BaseModel):
 def load_bank_file(path: Path) -> list[BankItem]:
     """One author's file; raises EvalSetError naming every bad line."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise EvalSetError([f"{path}: cannot read the question bank: {e}"]) from e
-    items, problems, seen = [], [], set()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{where}: invalid JSON: {e.msg} (column {e.colno})")
-            continue
-        if not isinstance(data, dict):
-            problems.append(f"{where}: expected a JSON object")
-            continue
+    items, seen = [], set()
+    objects, problems = jsonl_objects(path, "the question bank")
+    for _number, where, data in objects:
         try:
             item = BankItem.model_validate({**data, "author": path.stem})
         except ValidationError as e:

@@ -74,16 +74,14 @@ def consistency_problems(item: Item) -> list[tuple[str, str]]:
     return problems
 
 
-def load_set(path: str | Path) -> list[Item]:
-    """Read a JSONL evaluation set (blank lines are skipped). Raises EvalSetError listing every problem."""
-    path = Path(path)
+def jsonl_objects(path: Path, what: str) -> tuple[list[tuple[int, str, dict]], list[str]]:
+    """(line number, "FILE line N", object) of each non-blank line, and a problem per line that is
+    not a JSON object. An unreadable file raises EvalSetError."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise EvalSetError([f"{path}: cannot read the evaluation set: {e}"]) from e
-    items: list[Item] = []
-    problems: list[str] = []
-    first_line_of: dict[str, int] = {}
+        raise EvalSetError([f"{path}: cannot read {what}: {e}"]) from e
+    objects, problems = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -96,6 +94,17 @@ def load_set(path: str | Path) -> list[Item]:
         if not isinstance(data, dict):
             problems.append(f"{where}: expected a JSON object, got {type(data).__name__}")
             continue
+        objects.append((number, where, data))
+    return objects, problems
+
+
+def load_set(path: str | Path) -> list[Item]:
+    """Read a JSONL evaluation set (blank lines are skipped). Raises EvalSetError listing every problem."""
+    path = Path(path)
+    items: list[Item] = []
+    first_line_of: dict[str, int] = {}
+    objects, problems = jsonl_objects(path, "the evaluation set")
+    for number, where, data in objects:
         try:
             item = Item.model_validate(data)
         except ValidationError as e:

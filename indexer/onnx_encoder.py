@@ -406,5 +406,9 @@ class OnnxEncoder:
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         return self._encode(texts, self.query_prefix, threads=1)
 
+    def encode_queries_bulk(self, texts: list[str]) -> np.ndarray:
+        """Many questions at once (training embeds the question bank): a thread per core, as builds do."""
+        return self._encode(texts, self.query_prefix, threads=os.cpu_count() or 1)
+
     def encode_passages(self, texts: list[str], progress: bool = False) -> np.ndarray:
         return self._encode(texts, self.passage_prefix, threads=os.cpu_count() or 1)

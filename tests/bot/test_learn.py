@@ -137,7 +137,7 @@ def test_pasted_lab_values_and_mixed_scripts_give_the_same_answer(bot, bank):
 
 def test_denoise_keeps_the_words_and_drops_the_noise():
     assert denoise("辅助治疗用多少？？？🙏🙏") == "辅助治疗用多少？"
-    assert denoise("吃６００ｍｇ可以吗!!!😅") == "吃600mg可以吗!"
+    assert denoise("吃６００ｍｇ可以吗!!!😅") == "吃600mg可以吗"
     assert denoise("what about rel🙏apse?？？") == "what about relapse?"
     assert denoise("exon9晚期，Hb 95g/L，肌酐110，伊马起始多少") == "exon9晚期，伊马起始多少"
     assert denoise("辅助400 吃着 WBC 3.2×10^9/L 能减量吗") == "辅助400 吃着 能减量吗"  # the dose stays
@@ -192,3 +192,20 @@ def test_compare_lists_changed_verdicts_and_tag_deltas():
     diff = compare_runs(a, b)
     assert [i["id"] for i in diff["broken"]] == ["x"] and not diff["fixed"]
     assert diff["per_tag"]["t"]["delta"] == -0.5
+
+
+def test_a_bad_bank_line_is_named_and_nothing_is_trained_on_it(tmp_path):
+    from evals.bank import load_bank_file
+    from evals.schema import EvalSetError
+
+    path = tmp_path / "x9.jsonl"
+    good = {"id": "x9-1", "question": "辅助治疗用多少？", "expect": "answer", "settings": ["adjuvant"], "facets": ["dose"],
+            "answer_units": ["周内应启动伊马替尼400 mg 辅助治疗"], "must_include_any": [["400 mg"]]}
+    path.write_text("\n".join([json.dumps(good, ensure_ascii=False), "{not json",
+                               json.dumps({**good, "id": "x9-2", "expect": "refuse"}, ensure_ascii=False),
+                               json.dumps({**good, "id": "x9-3", "settings": ["later"]})]) + "\n", encoding="utf-8")
+    with pytest.raises(EvalSetError) as err:
+        load_bank_file(path)
+    text = str(err.value)
+    assert "line 2: invalid JSON" in text and "line 3" in text and "refusal_reason" in text and "line 4" in text
+    assert "line 1" not in text
