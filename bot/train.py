@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -322,10 +323,9 @@ class TrainReport:
     seconds: float = 0.0
 
 
-def train(settings, bot=None, force: bool = False) -> TrainReport | None:
+def train(settings, bot=None, force: bool = False, lock_timeout_s: float = 600.0) -> TrainReport | None:
     """Train on the bank for the current index build (no-op when that model exists). None when the
     settings ask for the rules alone or the bank is empty."""
-    from bot.answer import Bot
     from indexer.store import current_build_dir
 
     if settings.decisions == "rules" or not bank_files(settings.bank_dir):
@@ -339,12 +339,32 @@ def train(settings, bot=None, force: bool = False) -> TrainReport | None:
     folder = learned_dir(settings, build.name, bank_sha, with_rules)
     if folder.is_dir() and (folder / "manifest.json").is_file() and not force:
         return TrainReport(True, str(folder), seconds=time.perf_counter() - t0)
+    from filelock import FileLock, Timeout
+
+    from indexer.build import BuildBusy
+
+    lock = FileLock(str(Path(settings.index_dir) / ".build.lock"))
+    try:
+        lock.acquire(timeout=lock_timeout_s)
+    except Timeout:
+        raise BuildBusy(f"另一个索引构建正在进行 ({settings.index_dir}); 请稍后再试 (another build is running)") from None
+    try:
+        if folder.is_dir() and (folder / "manifest.json").is_file() and not force:
+            return TrainReport(True, str(folder), seconds=time.perf_counter() - t0)  # trained while we waited
+        return _train_locked(settings, bot, build, folder, bank_sha, with_rules, t0)
+    finally:
+        lock.release()
+
+
+def _train_locked(settings, bot, build, folder: Path, bank_sha: str, with_rules: bool, t0: float) -> TrainReport:
+    from bot.answer import Bot
+
     items = load_bank(settings.bank_dir)
     bot = bot or Bot(settings.model_copy(update={"decisions": "rules"}))
     examples = examples_of(items)
     table = feature_table(bot, examples)
     model = fit(table, list(range(len(examples))), with_rules)
-    tmp = folder.with_name(folder.name + ".tmp")
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tmp, {"build": build.name, "bank_sha256": bank_sha, "with_rules": with_rules,
                             "train_version": TRAIN_VERSION, "examples": len(examples),

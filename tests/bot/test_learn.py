@@ -209,3 +209,19 @@ def test_a_bad_bank_line_is_named_and_nothing_is_trained_on_it(tmp_path):
     text = str(err.value)
     assert "line 2: invalid JSON" in text and "line 3" in text and "refusal_reason" in text and "line 4" in text
     assert "line 1" not in text
+
+
+def test_index_verify_names_a_damaged_learned_model(copy_of_index, settings, stored_index):
+    import os
+    import subprocess
+
+    folder = _learned_folder(copy_of_index, stored_index)
+    heads = folder / "heads.npz"
+    data = bytearray(heads.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes: only the checksum can tell
+    heads.write_bytes(bytes(data))
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "gistqa"), "index", "--verify"], text=True, capture_output=True,
+                          timeout=300, env={**os.environ, "GISTQA_INDEX_DIR": str(copy_of_index.index_dir)})
+    said = " ".join(proc.stderr.split())  # the console wraps long lines
+    assert proc.returncode == 2 and "Traceback" not in said
+    assert "heads.npz (checksum differs)" in said and "gistqa index" in said

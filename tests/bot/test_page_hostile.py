@@ -55,7 +55,8 @@ def hostile_bot(settings, built_index, tmp_path_factory):
         "---\ntitle: '" + NOTE_TITLE.replace("'", "''") + "'\n---\n伊马替尼辅助治疗的学习笔记。\n", encoding="utf-8")
     # Start from the built index, so that only the changed files are embedded.
     shutil.copytree(built_index, root / "index", ignore=shutil.ignore_patterns(".build.lock"))
-    hostile = settings.model_copy(update={"corpus_dir": root / "corpus", "index_dir": root / "index"})
+    # An altered corpus: the question bank is written for the real one, so the rules read it.
+    hostile = settings.model_copy(update={"corpus_dir": root / "corpus", "index_dir": root / "index", "decisions": "rules"})
     report = build_index(hostile)
     assert report.problems == []
 
