@@ -161,12 +161,12 @@ class Bot:
         from evals.bank import bank_files
 
         index = self._ensure_loaded()
+        key = index.build_dir.name
+        if self._learned is not None and self._learned_for == key:
+            return self._learned  # every answer comes here: no file system look-up on this path
         if not bank_files(self.settings.bank_dir):
             raise LearnedArtefactError(f"问题库为空或不存在: {self.settings.bank_dir}；"
                                        f"设置 decisions = \"rules\" 或补回问题库 (the question bank is missing)")
-        key = index.build_dir.name
-        if self._learned is not None and self._learned_for == key:
-            return self._learned
         with self._lock:
             folder = learned_dir(self.settings, key, bank_checksum(self.settings.bank_dir),
                                  self.settings.decisions == "combined")

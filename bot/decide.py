@@ -123,6 +123,13 @@ def _unit_block(index, model: LearnedModel, unit_no: int, lexicon) -> Block | No
     return Block(prow, _complete_clause(index, rows), "lead", why="learned lead unit")
 
 
+def _unit_allowed(model: LearnedModel, unit_no: int, index, dm: DocumentMap, plan: Plan) -> bool:
+    """May this unit answer in the plan's settings (the setting guard, bot/plan.allowed)?"""
+    u = model.units[unit_no]
+    prow = u.row if u.kind != "sentence" else index.sentence_passage[u.row].item()
+    return allowed(prow, index.passages[prow], dm, plan.reading.setting.settings, cards=plan.literature)
+
+
 def _block_units(index, b: Block) -> set[tuple[str, int]]:
     p = index.passages[b.row]
     if p.vote is not None:
@@ -132,19 +139,18 @@ def _block_units(index, b: Block) -> set[tuple[str, int]]:
     return {("sentence", r) for r in b.sentences}
 
 
+def _demoted(b: Block) -> Block:
+    """The planner's lead, once another block leads, is context (what --explain says of it)."""
+    return replace(b, role="context") if b.role == "lead" else b
+
+
 def relead(plan: Plan, decision: Decision, model: LearnedModel, index, dm: DocumentMap, lexicon,
            max_blocks: int) -> None:
     """Put first the block holding the unit the model rates most likely to answer."""
-    settings = plan.reading.setting.settings
     prob = {}
     for unit_no, p in decision.units:
         u = model.units[unit_no]
         prob[(u.kind, u.row)] = max(p, prob.get((u.kind, u.row), 0.0))
-
-    def allowed_unit(unit_no: int) -> bool:
-        u = model.units[unit_no]
-        prow = u.row if u.kind != "sentence" else index.sentence_passage[u.row].item()
-        return allowed(prow, index.passages[prow], dm, settings, cards=plan.literature)
 
     def block_p(b: Block) -> float:
         return max((prob.get(k, 0.0) for k in _block_units(index, b)), default=0.0)
@@ -155,7 +161,7 @@ def relead(plan: Plan, decision: Decision, model: LearnedModel, index, dm: Docum
         return  # chosen for what the question names outright
     if plan.blocks and block_p(plan.blocks[0]) >= LEAD_DOUBT:
         return  # the models agree that the planner's lead answers: keep its order
-    top = next(((n, p) for n, p in decision.units if allowed_unit(n)), None)
+    top = next(((n, p) for n, p in decision.units if _unit_allowed(model, n, index, dm, plan)), None)
     if top is not None and top[1] >= T_UNIT_INSERT:
         u = model.units[top[0]]
         if not any((u.kind, u.row) in _block_units(index, b) for b in plan.blocks):
@@ -163,12 +169,14 @@ def relead(plan: Plan, decision: Decision, model: LearnedModel, index, dm: Docum
             if block is not None:
                 if u.kind == "vote":  # one vote item answers a vote question: the learned one
                     plan.blocks = [b for b in plan.blocks if index.passages[b.row].vote is None]
+                plan.blocks = [_demoted(b) for b in plan.blocks]
                 plan.blocks.insert(0, block)
                 plan.explain.append(f"lead (learned): unit {top[0]} p={top[1]:.2f} 「{u.text[:30]}」 was not planned; it leads")
     if len(plan.blocks) > 1:
         best = max(range(len(plan.blocks)), key=lambda i: block_p(plan.blocks[i]))
         if best != 0 and block_p(plan.blocks[best]) >= block_p(plan.blocks[0]) + LEAD_MARGIN:
             b = plan.blocks.pop(best)
+            plan.blocks = [_demoted(x) for x in plan.blocks]
             plan.blocks.insert(0, replace(b, role="lead"))
             plan.explain.append(f"lead (learned): block {best + 1} p={block_p(b):.2f} moved first")
     plan.blocks = plan.blocks[:max_blocks]
@@ -177,13 +185,10 @@ def relead(plan: Plan, decision: Decision, model: LearnedModel, index, dm: Docum
 def fallback_blocks(plan: Plan, decision: Decision, model: LearnedModel, index, dm: DocumentMap, lexicon) -> list[Block]:
     """The models say the question is answered but the planner found nothing: the most probable
     unit of the asked setting, alone."""
-    settings = plan.reading.setting.settings
     for unit_no, p in decision.units:
         if p < T_UNIT_INSERT:
             break
-        u = model.units[unit_no]
-        prow = u.row if u.kind != "sentence" else index.sentence_passage[u.row].item()
-        if allowed(prow, index.passages[prow], dm, settings, cards=plan.literature):
+        if _unit_allowed(model, unit_no, index, dm, plan):
             b = _unit_block(index, model, unit_no, lexicon)
             if b is not None:
                 plan.explain.append(f"answered (learned): unit {unit_no} p={p:.2f} where the planner found nothing")
