@@ -225,3 +225,40 @@ def test_index_verify_names_a_damaged_learned_model(copy_of_index, settings, sto
     said = " ".join(proc.stderr.split())  # the console wraps long lines
     assert proc.returncode == 2 and "Traceback" not in said
     assert "heads.npz (checksum differs)" in said and "gistqa index" in said
+
+
+def test_a_dose_after_a_word_ending_like_a_lab_name_is_kept():
+    assert denoise("Should I take at least 400 mg?") == "Should I take at least 400 mg?"
+    assert denoise("week 400 then?") == "week 400 then?"
+
+
+def test_a_japanese_question_opening_with_kanji_is_refused(bot):
+    a = bot.answer("胃腸間質腫瘍の術後補助療法は何年ですか")
+    assert a.refused and "中文或英文" in a.answer
+
+
+def test_the_gate_fails_when_a_lower_is_better_figure_rises():
+    from evals.by_author import gate_failures
+
+    floors = {"answerable_right": 0.7, "false_refusal_rate": 0.08, "wrong_setting": 67}
+    assert gate_failures({"answerable_right": 0.7, "false_refusal_rate": 0.08, "wrong_setting": 67}, floors) == []
+    assert len(gate_failures({"answerable_right": 0.69, "false_refusal_rate": 0.08, "wrong_setting": 67}, floors)) == 1
+    assert len(gate_failures({"answerable_right": 0.7, "false_refusal_rate": 0.09, "wrong_setting": 68}, floors)) == 2
+
+
+def test_a_confident_unit_of_another_setting_never_leads(bot, monkeypatch):
+    """The models may rate another setting's sentence highest; the setting guard keeps it out."""
+    from bot.learn import LearnedModel
+
+    model = bot.learned_model()
+    first_line = next(i for i, u in enumerate(model.units) if "一线治疗的首选方案" in u.text)
+    real = LearnedModel.decide
+
+    def decide_wrongly(self, *args, **kwargs):
+        d = real(self, *args, **kwargs)
+        d.units = [(first_line, 0.99)] + [(n, 0.0) for n, p in d.units if n != first_line]
+        return d
+
+    monkeypatch.setattr(LearnedModel, "decide", decide_wrongly)
+    a = bot.answer("KIT exon 9突变患者术后辅助治疗用多大剂量？")
+    assert not a.refused and "一线治疗的首选方案" not in a.answer
